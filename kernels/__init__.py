@@ -1,0 +1,1 @@
+"""Log-prob and entropy kernels (installed as ``rlreason.kernels``)."""

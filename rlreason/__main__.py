@@ -1,0 +1,3 @@
+from rlreason.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Typed batches: what crosses process boundaries (Ray) between controller and workers.
+
+Glossary of shapes used in the comments:
+    B  prompts in a step
+    G  samples (responses) per prompt; may differ per prompt (ragged groups)
+    N  responses in the batch, N = sum of group sizes (= B·G when every group has G)
+    P  prompt width (left-padded)
+    T  response width (right-padded)
+    n  rows of one shard / micro-batch
+
+Sequence layout, shared by the rollout engine and the learner: the prompt is left-padded to P,
+the response right-padded to T, so ``input_ids = [prompt | response]`` is [N, P+T] and the logits
+at positions P-1 … P+T-2 predict the response tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+
+def _pad_cat(tensors: list[Tensor], value: float, left: bool = False) -> Tensor:
+    """Concatenate [n_i, W_i] tensors along dim 0, padding the width to max W_i."""
+    width = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        pad = width - t.shape[1]
+        if pad:
+            filler = torch.full((t.shape[0], pad), value, dtype=t.dtype)
+            t = torch.cat([filler, t] if left else [t, filler], dim=1)
+        out.append(t)
+    return torch.cat(out, dim=0)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)  # stop strings (EOS always stops)
+
+
+@dataclass
+class GenerationRequest:
+    """Prompts for one rollout worker; each prompt is sampled ``group_sizes[b]`` times."""
+
+    prompt_ids: list[list[int]]  # B lists of prompt token ids (unpadded)
+    group_sizes: list[int]  # [B] samples per prompt
+    group_offset: int  # index of this request's first prompt in the step's batch
+    sampling: SamplingParams
+    seed: int  # per-request seed; sampling is deterministic given it
+
+
+@dataclass
+class RolloutBatch:
+    """Responses from the rollout engine, one row per response (rows of a group are adjacent)."""
+
+    prompt_ids: Tensor  # [N, P] long, left-padded with pad_id
+    prompt_mask: Tensor  # [N, P] long, 1 on real prompt tokens
+    response_ids: Tensor  # [N, T] long, right-padded with pad_id
+    response_mask: Tensor  # [N, T] float, 1 on generated tokens (EOS included), 0 on padding
+    rollout_logprobs: Tensor  # [N, T] float, log π_rollout(token) at the sampling temperature
+    truncated: Tensor  # [N] bool, True when generation hit max_new_tokens (finish_reason "length")
+    group_index: Tensor  # [N] long, index of the response's prompt within the step (0..B-1)
+    response_text: list[str]  # [N] decoded responses (special tokens skipped)
+    pad_id: int = 0
+    gen_tokens: int = 0  # tokens generated for this batch (for throughput)
+    gen_seconds: float = 0.0  # wall time of the engine's generate call
+    batch_sizes: list[int] = field(default_factory=list)  # live rows per decode step (the long tail)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def lengths(self) -> Tensor:  # [N] generated tokens per response
+        return self.response_mask.sum(-1)
+
+    @staticmethod
+    def concat(parts: list["RolloutBatch"]) -> "RolloutBatch":
+        pad = parts[0].pad_id
+        return RolloutBatch(
+            prompt_ids=_pad_cat([p.prompt_ids for p in parts], pad, left=True),
+            prompt_mask=_pad_cat([p.prompt_mask for p in parts], 0, left=True),
+            response_ids=_pad_cat([p.response_ids for p in parts], pad),
+            response_mask=_pad_cat([p.response_mask for p in parts], 0),
+            rollout_logprobs=_pad_cat([p.rollout_logprobs for p in parts], 0),
+            truncated=torch.cat([p.truncated for p in parts]),
+            group_index=torch.cat([p.group_index for p in parts]),
+            response_text=[t for p in parts for t in p.response_text],
+            pad_id=pad,
+            gen_tokens=sum(p.gen_tokens for p in parts),
+            gen_seconds=max(p.gen_seconds for p in parts),
+            batch_sizes=_sum_curves([p.batch_sizes for p in parts]),
+        )
+
+    def select(self, rows: Tensor) -> "RolloutBatch":
+        """Keep the given rows (a [k] long index), e.g. after filtering groups."""
+        idx = rows.tolist()
+        return replace(
+            self,
+            prompt_ids=self.prompt_ids[rows],
+            prompt_mask=self.prompt_mask[rows],
+            response_ids=self.response_ids[rows],
+            response_mask=self.response_mask[rows],
+            rollout_logprobs=self.rollout_logprobs[rows],
+            truncated=self.truncated[rows],
+            group_index=self.group_index[rows],
+            response_text=[self.response_text[i] for i in idx],
+        )
+
+
+def _sum_curves(curves: list[list[int]]) -> list[int]:
+    """Live batch size per decode step summed over workers that decode in parallel."""
+    out = [0] * max((len(c) for c in curves), default=0)
+    for c in curves:
+        for i, v in enumerate(c):
+            out[i] += v
+    return out
+
+
+@dataclass
+class ScoreRequest:
+    """What a reward worker needs to score responses."""
+
+    prompts: list[str]  # [N] prompt text of each response
+    responses: list[str]  # [N] response text
+    rows: list[dict[str, Any]]  # [N] the dataset row of each response (ground truth + every column)
+    sample_ids: list[int]  # [N] ids used in error reports
+    response_lengths: list[int]  # [N] generated tokens (length-aware rewards)
+    truncated: list[bool]  # [N]
+
+
+@dataclass
+class RewardResult:
+    """Scores for a ScoreRequest, in the same order."""
+
+    scores: Tensor  # [N] float, weighted sum of the reward functions (NaN = no reward applied)
+    correct: Tensor  # [N] float in {0,1}, NaN where no verifier ran
+    components: dict[str, Tensor]  # reward name -> [N] float (NaN = not applicable); logged as reward/<name>/mean
+    errors: list[str] = field(default_factory=list)  # one line per failed or timed-out call
+
+    @staticmethod
+    def concat(parts: list["RewardResult"]) -> "RewardResult":
+        names = list(parts[0].components)
+        return RewardResult(
+            scores=torch.cat([p.scores for p in parts]),
+            correct=torch.cat([p.correct for p in parts]),
+            components={k: torch.cat([p.components[k] for p in parts]) for k in names},
+            errors=[e for p in parts for e in p.errors],
+        )
+
+
+@dataclass
+class ScoredBatch:
+    """A rollout batch with its rewards; the input of the advantage estimator."""
+
+    rollout: RolloutBatch
+    rewards: Tensor  # [N] float scalar outcome reward R_i
+    correct: Tensor  # [N] float, 1/0 from the verifier, NaN where none ran
+
+
+@dataclass
+class SequenceBatch:
+    """Token sequences for a learner forward pass (log-probs of the response tokens)."""
+
+    input_ids: Tensor  # [N, P+T] long: left-padded prompt, right-padded response
+    attention_mask: Tensor  # [N, P+T] long
+    response_mask: Tensor  # [N, T] float, 1 on response tokens that carry loss
+    prompt_width: int  # P
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @staticmethod
+    def from_rollout(r: RolloutBatch) -> "SequenceBatch":
+        return SequenceBatch(
+            input_ids=torch.cat([r.prompt_ids, r.response_ids], dim=1),
+            attention_mask=torch.cat([r.prompt_mask, r.response_mask.long()], dim=1),
+            response_mask=r.response_mask.clone(),
+            prompt_width=r.prompt_ids.shape[1],
+        )
+
+
+@dataclass
+class TrainBatch:
+    """Everything the learner needs for one optimizer step; algorithm-blind (advantages are given).
+
+    ``global_tokens`` / ``global_seqs`` are counts over the *whole* step (all ranks, all
+    micro-batches), so loss normalisation does not depend on how the batch is split.
+    """
+
+    seqs: SequenceBatch
+    advantages: Tensor  # [N, T] float, A_{i,t} (0 on padding)
+    old_logprobs: Tensor  # [N, T] float, log π_old at the sampling temperature (no grad)
+    ref_logprobs: Optional[Tensor]  # [N, T] float, log π_ref, None when no KL term
+    rollout_logprobs: Tensor  # [N, T] float, log-probs reported by the rollout engine
+    rewards: Tensor  # [N] float, R_i
+    correct: Tensor  # [N] float, 1/0/NaN
+    group_index: Tensor  # [N] long, prompt of each response
+    global_tokens: float = 0.0  # Σ response_mask over the whole step
+    global_seqs: float = 0.0  # number of sequences with at least one loss token
+    global_rows: float = 0.0  # number of sequences, fully masked ones included
+    global_groups: float = 0.0  # number of prompts in the step
+
+    def __len__(self) -> int:
+        return self.seqs.input_ids.shape[0]
+
+    def rows(self, idx: Tensor) -> "TrainBatch":
+        """The sub-batch of rows ``idx`` ([k] long), keeping the global counts."""
+        s = self.seqs
+        seqs = SequenceBatch(s.input_ids[idx], s.attention_mask[idx], s.response_mask[idx], s.prompt_width)
+        per_row = {
+            f.name: getattr(self, f.name)[idx]
+            for f in fields(self)
+            if f.name not in ("seqs",) and isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, seqs=seqs, **per_row)
+
+    def shard(self, rank: int, world: int) -> "TrainBatch":
+        """Rows rank, rank+world, ... (strided so every rank gets a similar mix of lengths)."""
+        return self.rows(torch.arange(rank, len(self), world))

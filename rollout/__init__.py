@@ -1,0 +1,1 @@
+"""Rollout engines (installed as ``rlreason.rollout``): the native PyTorch engine; vLLM on GPU."""
