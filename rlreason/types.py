@@ -186,6 +186,24 @@ class SequenceBatch:
 
 
 @dataclass
+class LogprobResult:
+    """The learner's no-grad pass over a SequenceBatch."""
+
+    old_logprobs: Tensor  # [N, T] log π_old at the sampling temperature
+    entropy: Tensor  # [N, T] token entropy of π_old
+    ref_logprobs: Optional[Tensor] = None  # [N, T] log π_ref, None without a reference model
+
+    @staticmethod
+    def concat(parts: list["LogprobResult"]) -> "LogprobResult":
+        refs = [p.ref_logprobs for p in parts]
+        return LogprobResult(
+            old_logprobs=_pad_cat([p.old_logprobs for p in parts], 0.0),
+            entropy=_pad_cat([p.entropy for p in parts], 0.0),
+            ref_logprobs=None if refs[0] is None else _pad_cat(refs, 0.0),
+        )
+
+
+@dataclass
 class TrainBatch:
     """Everything the learner needs for one optimizer step; algorithm-blind (advantages are given).
 

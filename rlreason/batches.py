@@ -1,0 +1,141 @@
+"""Builders that turn one phase's output into the next phase's typed input, plus step metrics.
+
+Plain functions of typed batches, so the controller loop stays a list of named phases.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from rlreason.algorithms import ADVANTAGES
+from rlreason.algorithms.aggregation import global_counts, masked_mean
+from rlreason.algorithms.base import AdvantageInput
+from rlreason.config.schema import RunConfig
+from rlreason.rollout.native import left_pad
+from rlreason.types import LogprobResult, RewardResult, RolloutBatch, ScoreRequest, SequenceBatch, TrainBatch
+
+
+def score_request(rollout: RolloutBatch, prompts: list[str], rows: list[dict[str, Any]], step: int) -> ScoreRequest:
+    """One reward request row per response; ``prompts``/``rows`` are per prompt of the step."""
+    g = rollout.group_index.tolist()
+    return ScoreRequest(
+        prompts=[prompts[b] for b in g],
+        responses=rollout.response_text,
+        rows=[rows[b] for b in g],
+        sample_ids=[step * 1_000_000 + i for i in range(len(g))],
+        response_lengths=[int(x) for x in rollout.lengths.tolist()],
+        truncated=[bool(x) for x in rollout.truncated.tolist()],
+    )
+
+
+def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult) -> TrainBatch:
+    """Advantages from the registered estimator, packed with everything the learner needs."""
+    a = cfg.algorithm
+    mask = rollout.response_mask
+    inp = AdvantageInput(rewards=rewards.scores, group_index=rollout.group_index, response_mask=mask,
+                         correct=rewards.correct, old_logprobs=lps.old_logprobs, ref_logprobs=lps.ref_logprobs)
+    advantages = ADVANTAGES.get(a.advantage)(inp, **a.advantage_kwargs) * mask
+    return with_counts(TrainBatch(
+        seqs=SequenceBatch.from_rollout(rollout),
+        advantages=advantages,
+        old_logprobs=lps.old_logprobs,
+        ref_logprobs=lps.ref_logprobs,
+        rollout_logprobs=rollout.rollout_logprobs,
+        rewards=rewards.scores,
+        correct=rewards.correct,
+        group_index=rollout.group_index,
+    ), count_empty_seqs=a.count_empty_seqs)
+
+
+def with_counts(batch: TrainBatch, count_empty_seqs: bool = False) -> TrainBatch:
+    """Set the global denominators of a batch that is one optimizer step."""
+    tokens, seqs, rows = global_counts(batch.seqs.response_mask, count_empty_seqs)
+    batch.global_tokens, batch.global_seqs, batch.global_rows = tokens, seqs, rows
+    batch.global_groups = float(batch.group_index.unique().numel())
+    return batch
+
+
+def mini_batches(batch: TrainBatch, parts: int, generator: torch.Generator, count_empty_seqs: bool) -> list[TrainBatch]:
+    """Split a step's batch into ``parts`` shuffled optimizer steps, each with its own global counts."""
+    if parts == 1:
+        return [batch]
+    order = torch.randperm(len(batch), generator=generator)
+    return [with_counts(batch.rows(idx), count_empty_seqs) for idx in order.tensor_split(parts)]
+
+
+def sft_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> TrainBatch:
+    """A TrainBatch for supervised warm-up: prompt -> demonstration (advantages unused)."""
+    pids, pmask = left_pad(prompt_ids, pad_id)
+    width = max(len(r) for r in response_ids)
+    rids = torch.full((len(response_ids), width), pad_id, dtype=torch.long)
+    rmask = torch.zeros(len(response_ids), width)
+    for i, r in enumerate(response_ids):
+        rids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        rmask[i, :len(r)] = 1.0
+    seqs = SequenceBatch(torch.cat([pids, rids], 1), torch.cat([pmask, rmask.long()], 1), rmask, pids.shape[1])
+    zeros = torch.zeros_like(rmask)
+    n = len(response_ids)
+    return with_counts(TrainBatch(seqs=seqs, advantages=zeros, old_logprobs=zeros, ref_logprobs=None,
+                                  rollout_logprobs=zeros, rewards=torch.zeros(n), correct=torch.full((n,), math.nan),
+                                  group_index=torch.arange(n)))
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x.float()
+    ok = ~torch.isnan(x)
+    return float(x[ok].mean()) if ok.any() else math.nan
+
+
+def step_metrics(rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult, batch: TrainBatch,
+                 stats: dict[str, float]) -> dict[str, float]:
+    """The per-step row of metrics.jsonl (besides the phase times)."""
+    mask = rollout.response_mask
+    lengths = rollout.lengths
+    tokens = max(stats.get("tokens", 0.0), 1.0)
+    m: dict[str, float] = {
+        "reward/mean": _nanmean(rewards.scores),
+        "reward/std": float(rewards.scores[~torch.isnan(rewards.scores)].std()) if len(rewards.scores) > 1 else 0.0,
+        "correct/mean": _nanmean(rewards.correct),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "truncated/frac": float(rollout.truncated.float().mean()),
+        "advantage/abs_mean": float(masked_mean(batch.advantages.abs(), mask)),
+        "entropy": float(masked_mean(lps.entropy, mask)),
+        "rollout/tokens_per_s": rollout.gen_tokens / max(rollout.gen_seconds, 1e-9),
+        "rollout/logprob_mismatch": float(masked_mean((lps.old_logprobs - rollout.rollout_logprobs).abs(), mask)),
+        "reward/errors": float(len(rewards.errors)),
+        "loss": stats.get("loss", math.nan),
+        "pg_loss": stats.get("policy_loss", math.nan),
+        "grad_norm": stats.get("grad_norm", math.nan),
+    }
+    for name, values in rewards.components.items():
+        m[f"reward/{name}/mean"] = _nanmean(values)
+    for key, value in stats.items():
+        if key.endswith("_sum"):
+            m[key[:-4]] = value / tokens  # token means over the step (kl, clip_frac, ...)
+    return m
+
+
+def sample_rows(step: int, prompts: list[str], rollout: RolloutBatch, rewards: RewardResult,
+                rows: list[dict[str, Any]], answer_key: str, k: int) -> list[dict[str, Any]]:
+    """A few responses of the step for samples.jsonl (the first k, one per group where possible)."""
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for i, g in enumerate(rollout.group_index.tolist()):
+        if len(out) >= k:
+            break
+        if g in seen:
+            continue
+        seen.add(g)
+        out.append({"step": step, "prompt": prompts[g], "response": rollout.response_text[i],
+                    "ground_truth": rows[g].get(answer_key), "reward": _maybe(rewards.scores[i]),
+                    "correct": _maybe(rewards.correct[i]), "length": int(rollout.lengths[i])})
+    return out
+
+
+def _maybe(x: torch.Tensor) -> Optional[float]:
+    v = float(x)
+    return None if math.isnan(v) else v

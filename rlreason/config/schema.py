@@ -1,0 +1,207 @@
+"""The run configuration: one dataclass per section, holding every default exactly once.
+
+Recipes (recipes/*.yaml) and command-line overrides only change these values; validation
+(``rlreason.config.validate``) runs before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None
+    """Hugging Face model: a local directory or a hub id. Required unless ``builder`` is set."""
+    builder: Optional[str] = None
+    """'module:function' writing a fresh model dir (``fn(out_dir, seed=..., **builder_kwargs)``);
+    used when ``path`` is null, e.g. the quickstart's tiny model built in code."""
+    builder_kwargs: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Optional[str] = None
+    """Tokenizer dir or hub id; defaults to the model's."""
+    dtype: str = "float32"
+    """Parameter dtype on the learner and rollout engine: float32 | bfloat16 (fp16 fails on CPU)."""
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: Optional[str] = None
+    """Training prompts: a .jsonl/.json/.parquet file, a directory of them, or a hub dataset name."""
+    val: Optional[str] = None
+    """Optional validation set, same forms as ``train``."""
+    split: str = "train"
+    """Split to read when ``train`` is a hub dataset."""
+    generator: Optional[str] = None
+    """'module:function' writing jsonl files (``fn(out_dir, seed=..., **generator_kwargs)`` ->
+    {"train": path, "val": path}); used when ``train`` is null (procedural tasks)."""
+    generator_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    """Column passed to rewards as ``ground_truth``."""
+    system_prompt: Optional[str] = None
+    chat_template: bool = False
+    """Wrap prompts with the tokenizer's chat template (system prompt + user turn)."""
+    prompt_template: str = "{prompt}"
+    """Format string applied to the prompt column when no chat template is used."""
+    max_prompt_length: int = 512
+    """Prompts longer than this (in tokens) are left-truncated with a warning count."""
+    prompts_per_step: int = 8
+    """B: prompts sampled per RL step."""
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "native"
+    """native (PyTorch, CPU or GPU)."""
+    workers: int = 1
+    """Rollout actors; prompts are split evenly between them."""
+    n: int = 8
+    """G: responses sampled per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 = greedy. Learner log-probs use the same temperature."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 = off."""
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    """Stop strings (the response keeps them); EOS always stops."""
+    batch_size: int = 0
+    """Max sequences decoded together per worker (0 = all of the worker's share at once)."""
+    threads: int = 0
+    """torch threads in each rollout actor (0 = all CPUs of the machine / workers)."""
+
+
+@dataclass
+class RewardFunctionConfig:
+    name: str = "math_verify"
+    """Registry name, 'module:function' or 'path/to/file.py:function'."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardFunctionConfig] = field(default_factory=lambda: [RewardFunctionConfig()])
+    workers: int = 1
+    """Reward actors."""
+    processes: int = 2
+    """Worker processes per reward actor (reward code runs there, with a wall-clock timeout)."""
+    timeout_s: float = 10.0
+    """Per-call wall-clock limit; a call over it is reported as a timeout."""
+    on_error: str = "zero"
+    """A call that raised, timed out or crashed its process is reported, then scored 0 ("zero")
+    or treated as not applicable ("skip": left out of the group statistics, advantage 0)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"
+    """Advantage estimator: a registered name or 'module:function'."""
+    advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ppo_clip"
+    """Policy loss: a registered name or 'module:function'."""
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    agg_mode: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm."""
+    agg_constant: Optional[float] = None
+    """C of seq-mean-token-sum-norm (null = rollout.max_new_tokens)."""
+    sum_norm_divide_by: str = "N*C"
+    """seq-mean-token-sum-norm divides by N*C (Dr. GRPO paper, TRL) or C (verl)."""
+    count_empty_seqs: bool = False
+    """Count fully-masked sequences in the seq-mean denominators (TRL) or not (verl)."""
+    kl_coef: float = 0.0
+    """β of the KL-to-reference loss term; > 0 loads a frozen reference model."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3 | abs | k1+ | k3+ (algorithms.md §0.3)."""
+    track_kl: bool = False
+    """Load the reference model even when kl_coef = 0, to log ``kl``."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (loss -= coef · Agg(H))."""
+
+
+@dataclass
+class LearnerConfig:
+    world_size: int = 1
+    """DeepSpeed data-parallel learner actors."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in optimizer steps."""
+    lr_schedule: str = "constant"
+    """constant | cosine (decays to 0 over trainer.total_steps after warm-up)."""
+    grad_clip: float = 1.0
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on each learner; the loss does not depend on it."""
+    updates_per_step: int = 1
+    """Optimizer steps per RL step (the batch is split into this many mini-batches)."""
+    epochs: int = 1
+    """Passes over the step's batch (PPO epochs)."""
+    threads: int = 0
+    """torch threads per learner actor (0 = CPUs of the machine / world_size)."""
+    logprob_chunk: int = 0
+    """Tokens per chunk of the log-prob / entropy computation (0 = all at once)."""
+
+
+@dataclass
+class SFTWarmupConfig:
+    steps: int = 0
+    """Supervised steps before RL (0 = none)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    response_key: str = "solution"
+    """Dataset column holding the demonstration response."""
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 20
+    output_dir: Optional[str] = None
+    """Run directory (null = runs/<recipe>-<timestamp>)."""
+    seed: int = 0
+    sft: SFTWarmupConfig = field(default_factory=SFTWarmupConfig)
+    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    """Any of console, jsonl, wandb, tensorboard."""
+    project: str = "rlreason"
+    """wandb project (wandb runs offline unless WANDB_MODE says otherwise)."""
+    samples_per_step: int = 4
+    """Rows written to samples.jsonl per step."""
+    save_every: int = 0
+    """Save a checkpoint every N steps (0 = only at the end when save_final)."""
+    save_final: bool = False
+    progress: bool = True
+    """Show a progress bar on the console."""
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None
+    """Ray address to attach to; null starts a local cluster sized to the machine."""
+    num_cpus: Optional[int] = None
+    """CPUs of the local cluster (null = the machine's)."""
+    actor_cpus: float = 0.01
+    """CPU resource each actor reserves. Phases run one after another, so actors share cores."""
+    init_timeout_s: float = 300.0
+    """How long to wait for actors to be placed before failing with what is missing."""
+    log_to_driver: bool = False
+    """Stream actor stdout/stderr to the console (off: DeepSpeed is chatty; errors still surface)."""
+
+
+@dataclass
+class RunConfig:
+    recipe: str = ""
+    """Name of the recipe this run was composed from (set by the loader)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

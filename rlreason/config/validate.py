@@ -1,0 +1,132 @@
+"""Cross-field checks of a RunConfig, run before any model or cluster starts.
+
+Each check explains what is wrong and what would be valid. Registered entries are resolved
+here too, so a misspelt algorithm or reward fails in seconds, not after the model loads.
+"""
+
+from __future__ import annotations
+
+from rlreason.config.compose import ConfigError
+from rlreason.config.schema import RunConfig
+from rlreason.registry import RegistryError, check_kwargs
+
+DTYPES = ("float32", "bfloat16")
+LOGGERS = ("console", "jsonl", "wandb", "tensorboard")
+ENGINES = ("native",)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError on the first impossible setting."""
+    for check in (_check_model, _check_data, _check_rollout, _check_algorithm, _check_learner,
+                  _check_rewards, _check_trainer):
+        check(cfg)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_model(cfg: RunConfig) -> None:
+    m = cfg.model
+    _require(bool(m.path) or bool(m.builder),
+             "model.path is not set: give a Hugging Face model dir or hub id (or model.builder=module:function)")
+    _require(m.dtype in DTYPES,
+             f"model.dtype={m.dtype!r} is not supported; use one of {', '.join(DTYPES)} "
+             "(float16 does not run on CPU; bfloat16 does everywhere)")
+
+
+def _check_data(cfg: RunConfig) -> None:
+    d = cfg.data
+    _require(bool(d.train) or bool(d.generator),
+             "data.train is not set: give a .jsonl/.parquet file, a directory or a hub dataset name "
+             "(or data.generator=module:function)")
+    _require(d.prompts_per_step >= 1, f"data.prompts_per_step must be >= 1, got {d.prompts_per_step}")
+    _require(d.max_prompt_length >= 1, f"data.max_prompt_length must be >= 1, got {d.max_prompt_length}")
+    try:
+        d.prompt_template.format(prompt="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"data.prompt_template={d.prompt_template!r} must be a format string whose only "
+                          f"field is {{prompt}} ({type(e).__name__}: {e})") from None
+
+
+def _check_rollout(cfg: RunConfig) -> None:
+    r = cfg.rollout
+    _require(r.engine in ENGINES, f"rollout.engine={r.engine!r}: available engines are {', '.join(ENGINES)}")
+    _require(r.n >= 1, f"rollout.n (samples per prompt) must be >= 1, got {r.n}")
+    _require(r.temperature >= 0, f"rollout.temperature must be >= 0 (0 = greedy), got {r.temperature}")
+    _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    _require(r.top_k >= 0, f"rollout.top_k must be >= 0 (0 = off), got {r.top_k}")
+    _require(r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    _require(r.workers >= 1, f"rollout.workers must be >= 1, got {r.workers}")
+
+
+def _check_algorithm(cfg: RunConfig) -> None:
+    from rlreason.algorithms import ADVANTAGES, POLICY_LOSSES
+    from rlreason.algorithms.aggregation import AGG_MODES
+    from rlreason.algorithms.kl import KL_ESTIMATORS
+
+    a = cfg.algorithm
+    try:
+        adv = ADVANTAGES.entry(a.advantage)
+        loss = POLICY_LOSSES.entry(a.loss)
+        check_kwargs(adv.fn, a.advantage_kwargs, "algorithm.advantage_kwargs")
+        check_kwargs(loss.fn, a.loss_kwargs, "algorithm.loss_kwargs")
+    except RegistryError as e:
+        raise ConfigError(f"algorithm: {e}") from None
+    if adv.traits.get("needs_groups") and cfg.rollout.n < 2:
+        raise ConfigError(
+            f"algorithm.advantage={a.advantage!r} compares responses within a prompt's group, but "
+            f"rollout.n={cfg.rollout.n}: every advantage would be 0 and nothing would be learned. "
+            "Set rollout.n >= 2 (GRPO papers use 8-64), or pick an estimator without a group baseline.")
+    _require(a.agg_mode in AGG_MODES, f"algorithm.agg_mode={a.agg_mode!r}: valid modes are {', '.join(AGG_MODES)}")
+    _require(a.sum_norm_divide_by in ("N*C", "C"),
+             f"algorithm.sum_norm_divide_by={a.sum_norm_divide_by!r}: use 'N*C' (paper, TRL) or 'C' (verl)")
+    _require(a.kl_estimator in KL_ESTIMATORS,
+             f"algorithm.kl_estimator={a.kl_estimator!r}: valid estimators are {', '.join(KL_ESTIMATORS)}")
+    _require(a.kl_coef >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
+    _require(a.agg_constant is None or a.agg_constant > 0,
+             f"algorithm.agg_constant must be > 0 or null, got {a.agg_constant}")
+
+
+def _check_learner(cfg: RunConfig) -> None:
+    lr = cfg.learner
+    _require(lr.world_size >= 1, f"learner.world_size must be >= 1, got {lr.world_size}")
+    _require(lr.zero_stage in (0, 1, 2, 3), f"learner.zero_stage must be 0, 1, 2 or 3, got {lr.zero_stage}")
+    _require(lr.micro_batch_size >= 1, f"learner.micro_batch_size must be >= 1, got {lr.micro_batch_size}")
+    _require(lr.updates_per_step >= 1, f"learner.updates_per_step must be >= 1, got {lr.updates_per_step}")
+    _require(lr.epochs >= 1, f"learner.epochs must be >= 1, got {lr.epochs}")
+    _require(lr.lr_schedule in ("constant", "cosine"),
+             f"learner.lr_schedule={lr.lr_schedule!r}: use constant or cosine")
+    _require(len(lr.betas) == 2, f"learner.betas must have two values, got {lr.betas}")
+    rows = cfg.data.prompts_per_step * cfg.rollout.n
+    _require(lr.updates_per_step <= rows,
+             f"learner.updates_per_step={lr.updates_per_step} is more than the {rows} responses of a step "
+             f"(data.prompts_per_step × rollout.n)")
+
+
+def _check_rewards(cfg: RunConfig) -> None:
+    from rlreason.rewards import REWARDS
+
+    _require(len(cfg.reward.functions) > 0, "reward.functions is empty: name at least one reward")
+    for i, spec in enumerate(cfg.reward.functions):
+        where = f"reward.functions[{i}] ({spec.name})"
+        try:
+            fn = REWARDS.get(spec.name)
+        except RegistryError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        _require(callable(fn), f"{where} is not callable")
+    _require(cfg.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {cfg.reward.timeout_s}")
+    _require(cfg.reward.on_error in ("zero", "skip"),
+             f"reward.on_error={cfg.reward.on_error!r}: use 'zero' (score 0) or 'skip' (not applicable)")
+    _require(cfg.reward.workers >= 1 and cfg.reward.processes >= 1,
+             "reward.workers and reward.processes must be >= 1")
+
+
+def _check_trainer(cfg: RunConfig) -> None:
+    t = cfg.trainer
+    _require(t.total_steps >= 0, f"trainer.total_steps must be >= 0, got {t.total_steps}")
+    bad = [x for x in t.loggers if x not in LOGGERS]
+    _require(not bad, f"trainer.loggers has {bad}; choose from {', '.join(LOGGERS)}")
+    _require(t.sft.steps >= 0 and t.sft.batch_size >= 1, "trainer.sft.steps must be >= 0 and batch_size >= 1")
+    _require(t.save_every >= 0, f"trainer.save_every must be >= 0, got {t.save_every}")

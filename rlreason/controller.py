@@ -1,0 +1,166 @@
+"""The controller: one readable RL loop on the driver, each phase named and timed.
+
+    sample -> generate -> score -> logprobs -> advantages -> update -> sync -> log
+
+Rollout, reward and learner workers are Ray actors; everything between them is a typed batch.
+Not here on purpose: asynchronous rollouts and multi-turn control flow (each would be a new
+controller file, not flags in this one).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from rlreason import batches
+from rlreason.config import RunConfig, to_yaml
+from rlreason.data.dataset import encode_prompt, format_prompt, resolve_data
+from rlreason.data.sampler import PromptSampler
+from rlreason.models import load_tokenizer, resolve_model_path
+from rlreason.tracking import PhaseTimer, RunLog
+from rlreason.types import SamplingParams, SequenceBatch
+from rlreason.workers.learner import lr_at
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.log = RunLog(run_dir, to_yaml(cfg), cfg.trainer.loggers, cfg.trainer.total_steps,
+                          cfg.trainer.project, cfg.trainer.progress)
+        self.optimizer_steps = 0
+        self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
+
+    # ---- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from rlreason.cluster import start_ray, threads_per_actor
+        from rlreason.workers.groups import LearnerGroup, RewardGroup, RolloutGroup
+
+        cfg = self.cfg
+        timer = PhaseTimer()
+        with timer("data"):
+            self.train_set, self.val_set = resolve_data(cfg.data, self.run_dir, cfg.trainer.seed)
+            self.model_path = resolve_model_path(cfg.model, self.run_dir, cfg.trainer.seed)
+            self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_path, cfg.model.trust_remote_code)
+            self.prompts = [format_prompt(r, cfg.data, self.tokenizer) for r in self.train_set.rows]
+            self.prompt_ids = [encode_prompt(p, cfg.data, self.tokenizer) for p in self.prompts]
+            self.sampler = PromptSampler(len(self.prompts), cfg.data.prompts_per_step, cfg.trainer.seed, cfg.data.shuffle)
+        with timer("ray"):
+            cpus = start_ray(cfg.cluster)
+        with timer("workers"):
+            self.rollout = RolloutGroup(cfg, self.model_path, threads_per_actor(cfg.rollout.threads, cpus, cfg.rollout.workers))
+            self.rewards = RewardGroup(cfg)
+            self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, cfg.learner.world_size))
+        self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
+                         ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
+
+    # ---- the RL step --------------------------------------------------------------------------
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, t = self.cfg, PhaseTimer()
+        with t("sample"):
+            idx = self.sampler.next()
+            prompts, rows = [self.prompts[i] for i in idx], [self.train_set.rows[i] for i in idx]
+        with t("generate"):
+            rollout = self.rollout.generate([self.prompt_ids[i] for i in idx], [cfg.rollout.n] * len(idx),
+                                            self.sampling(), seed=cfg.trainer.seed * 100_003 + step)
+        with t("score"):
+            rewards = self.rewards.score(batches.score_request(rollout, prompts, rows, step))
+        with t("logprobs"):
+            lps = self.learners.logprobs(SequenceBatch.from_rollout(rollout))
+        with t("advantages"):
+            batch = batches.train_batch(cfg, rollout, rewards, lps)
+        with t("update"):
+            stats = self.update(batch)
+        with t("sync"):
+            self.sync_weights(version=step)
+        with t("log"):
+            metrics = batches.step_metrics(rollout, rewards, lps, batch, stats)
+            self.log.log_samples(batches.sample_rows(step, prompts, rollout, rewards, rows, cfg.data.answer_key,
+                                                     cfg.trainer.samples_per_step))
+            for err in rewards.errors[:3]:
+                self.log.message(f"step {step}: reward error: {err}")
+        return {**metrics, **t.metrics()}
+
+    def sampling(self) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                              max_new_tokens=r.max_new_tokens, stop=list(r.stop))
+
+    def update(self, batch) -> dict[str, float]:
+        """``epochs`` passes over the batch, ``updates_per_step`` optimizer steps each; stats averaged."""
+        lr_cfg = self.cfg.learner
+        totals: dict[str, float] = {}
+        updates = 0
+        for _ in range(lr_cfg.epochs):
+            for mb in batches.mini_batches(batch, lr_cfg.updates_per_step, self.generator,
+                                           self.cfg.algorithm.count_empty_seqs):
+                stats = self.learners.update(mb, lr=lr_at(self.cfg, self.optimizer_steps))
+                self.optimizer_steps += 1
+                updates += 1
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        for k in ("loss", "policy_loss", "grad_norm"):
+            if k in totals:
+                totals[k] /= updates
+        totals["lr"] = lr_at(self.cfg, self.optimizer_steps - 1)
+        return totals
+
+    def sync_weights(self, version: int) -> None:
+        self.rollout.load_weights(self.learners.state_dict(), version)
+
+    # ---- supervised warm-up -------------------------------------------------------------------
+
+    def sft_warmup(self) -> None:
+        """A few supervised steps on the dataset's demonstrations, so RL starts from a model that
+        already produces the answer format."""
+        sft = self.cfg.trainer.sft
+        rows = self.train_set.rows
+        if any(r.get(sft.response_key) is None for r in rows[:1]):
+            raise ValueError(f"trainer.sft.steps={sft.steps} but the training rows have no "
+                             f"'{sft.response_key}' column (set trainer.sft.response_key)")
+        sampler = PromptSampler(len(rows), sft.batch_size, self.cfg.trainer.seed + 1)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        for k in range(1, sft.steps + 1):
+            idx = sampler.next()
+            responses = [self.tokenizer.encode(str(rows[i][sft.response_key]), add_special_tokens=False) + [eos]
+                         for i in idx]
+            batch = batches.sft_batch([self.prompt_ids[i] for i in idx], responses, pad)
+            stats = self.learners.update(batch, lr=sft.lr, loss_name="sft")
+            self.log.log_warmup({"sft_step": k, "loss": stats["loss"], "grad_norm": stats["grad_norm"]})
+            if k == 1 or k == sft.steps or k % max(sft.steps // 5, 1) == 0:
+                self.log.message(f"sft warm-up {k}/{sft.steps}: loss {stats['loss']:.4f}")
+        self.sync_weights(version=0)
+
+    # ---- the whole run ------------------------------------------------------------------------
+
+    def fit(self, start_step: int = 1) -> str:
+        try:
+            self.setup()
+            if self.cfg.trainer.sft.steps:
+                self.sft_warmup()
+            for step in range(start_step, self.cfg.trainer.total_steps + 1):
+                self.log.log_step(step, self.step(step))
+        finally:
+            self.close()
+        return self.run_dir
+
+    def close(self) -> None:
+        if getattr(self, "rewards", None) is not None:
+            try:
+                self.rewards.close()
+            except Exception:  # the cluster may already be gone; nothing to recover here
+                pass
+        self.log.close()
+
+
+def train(cfg: RunConfig, run_dir: Optional[str] = None) -> str:
+    from rlreason.tracking import default_run_dir
+
+    run_dir = run_dir or default_run_dir(cfg.recipe, cfg.trainer.output_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    return Trainer(cfg, run_dir).fit()

@@ -1,0 +1,101 @@
+"""Prompt datasets: local jsonl/json/parquet files or directories, or a Hugging Face hub dataset.
+
+Rows stay plain dicts: the prompt column becomes the model's prompt, the answer column the
+rewards' ``ground_truth``, and every column reaches the reward functions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from rlreason.config.schema import DataConfig
+
+FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class PromptSet:
+    rows: list[dict[str, Any]]
+    source: str  # where the rows came from, for error messages
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_rows(spec: str, split: str = "train") -> PromptSet:
+    """Read every row of a file, a directory of files, or a hub dataset split."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if os.path.isdir(spec):
+        files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if os.path.splitext(f)[1] in FILE_KINDS)
+        if not files:
+            raise DataError(f"data directory '{spec}' has no {', '.join(FILE_KINDS)} files")
+        kinds = {FILE_KINDS[os.path.splitext(f)[1]] for f in files}
+        if len(kinds) > 1:
+            raise DataError(f"data directory '{spec}' mixes json and parquet files; keep one kind")
+        ds = datasets.load_dataset(kinds.pop(), data_files=files, split="train")
+    elif os.path.splitext(spec)[1] in FILE_KINDS:
+        if not os.path.isfile(spec):
+            raise DataError(f"data file '{spec}' does not exist (looked at {os.path.abspath(spec)})")
+        ds = datasets.load_dataset(FILE_KINDS[os.path.splitext(spec)[1]], data_files=spec, split="train")
+    else:
+        try:
+            ds = datasets.load_dataset(spec, split=split)
+        except Exception as e:  # the hub raises many types; the message is what matters
+            raise DataError(f"cannot load dataset '{spec}' (split '{split}'): it is not a local "
+                            f".jsonl/.json/.parquet file or directory, and loading it from the hub failed: {e}") from e
+    return PromptSet(rows=[dict(r) for r in ds], source=spec)
+
+
+def check_columns(data: PromptSet, columns: list[str]) -> None:
+    """Fail on the first row missing a needed column, naming the file, row and column."""
+    for i, row in enumerate(data.rows):
+        for col in columns:
+            if row.get(col) is None:
+                present = ", ".join(k for k, v in row.items() if v is not None)
+                raise DataError(f"{data.source}: row {i} has no column '{col}' (its columns: {present}). "
+                                f"Set data.prompt_key / data.answer_key to the right column names.")
+
+
+def format_prompt(row: dict[str, Any], cfg: DataConfig, tokenizer) -> str:
+    """Prompt text: the chat template (system + user turn) or ``prompt_template``."""
+    text = str(row[cfg.prompt_key])
+    if not cfg.chat_template:
+        return cfg.prompt_template.format(prompt=text)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("data.chat_template=true but the tokenizer has no chat template; "
+                        "set data.chat_template=false and use data.prompt_template")
+    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
+    messages.append({"role": "user", "content": text})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(text: str, cfg: DataConfig, tokenizer) -> list[int]:
+    # a chat template already holds the special tokens it wants
+    ids = tokenizer.encode(text, add_special_tokens=not cfg.chat_template)
+    return ids[-cfg.max_prompt_length:]
+
+
+def resolve_data(cfg: DataConfig, run_dir: str, seed: int) -> tuple[PromptSet, Optional[PromptSet]]:
+    """Train and optional validation rows, generating them first for procedural tasks."""
+    train, val = cfg.train, cfg.val
+    if not train:
+        from rlreason.registry import load_callable
+
+        paths = load_callable(cfg.generator)(os.path.join(run_dir, "data"), seed=seed, **cfg.generator_kwargs)
+        train, val = paths["train"], val or paths.get("val")
+    train_set = load_rows(train, cfg.split)
+    if len(train_set) == 0:
+        raise DataError(f"{train_set.source}: the training set is empty")
+    check_columns(train_set, [cfg.prompt_key, cfg.answer_key])
+    val_set = load_rows(val, "validation") if val else None
+    if val_set is not None:
+        check_columns(val_set, [cfg.prompt_key, cfg.answer_key])
+    return train_set, val_set

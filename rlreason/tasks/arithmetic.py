@@ -1,0 +1,159 @@
+"""Quickstart task: add a few one-digit numbers with a running-sum chain of thought.
+
+``Q: 7+5+8 =\\nA:`` -> `` 7+5=12, 12+8=20 \\boxed{20}``. The SFT demonstrations come from a
+*noisy teacher* that forgets the carry (17+8 -> 15 instead of 25) with probability ``noise`` on
+every step that crosses a multiple of ten, and then carries on from its own wrong sum. The warmed-up
+model therefore imitates a systematic, input-dependent error; RL with the verifiable reward has to
+remove it. Model and tokenizer are built here from config (character-level), so nothing downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+DATA_SOURCE = "arithmetic"
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+BOXED = "\\boxed"  # one token: saves 5 steps of decoding per answer
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def make_prompt(terms: list[int]) -> str:
+    return "Q: " + "+".join(map(str, terms)) + " =\nA:"
+
+
+def teach(terms: list[int], rng: random.Random, noise: float) -> tuple[str, int, int, int]:
+    """Write the teacher's running-sum solution; return (solution, its answer, carries, slips).
+
+    On a step whose sum crosses a multiple of ten the teacher drops the carry with probability
+    ``noise``; later steps continue from the (possibly wrong) running sum, so a slip propagates
+    into the boxed answer exactly as a real careless solver's would.
+    """
+    total, steps, carries, slips = terms[0], [], 0, 0
+    for t in terms[1:]:
+        new = total + t
+        if new // 10 != total // 10:  # a carry into the tens digit happens on this step
+            carries += 1
+            if rng.random() < noise:
+                slips += 1
+                new -= 10
+        steps.append(f"{total}+{t}={new}")
+        total = new
+    return " " + ", ".join(steps) + f" {BOXED}{{{total}}}", total, carries, slips
+
+
+def make_row(rng: random.Random, min_terms: int, max_terms: int, noise: float) -> dict:
+    terms = [rng.randint(1, 9) for _ in range(rng.randint(min_terms, max_terms))]
+    solution, teacher_answer, carries, slips = teach(terms, rng, noise)
+    answer = sum(terms)
+    return {
+        "prompt": make_prompt(terms),
+        "answer": str(answer),
+        "solution": solution,
+        "data_source": DATA_SOURCE,
+        "num_terms": len(terms),
+        "num_carries": carries,
+        "teacher_correct": teacher_answer == answer,
+    }
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def write_dataset(
+    out_dir: str,
+    *,
+    seed: int = 0,
+    num_train: int = 2000,
+    num_val: int = 200,
+    min_terms: int = 3,
+    max_terms: int = 5,
+    noise: float = 0.5,
+) -> dict[str, str]:
+    """Write train.jsonl (noisy-teacher solutions) and val.jsonl (correct solutions).
+
+    ``noise`` is the teacher's probability of dropping a carry. Train and val prompts come from
+    separate random streams; a val prompt may also occur in train (the space is small), which is
+    harmless here because train solutions are what is noisy, not the prompts.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    train_rng, val_rng = random.Random(f"train-{seed}"), random.Random(f"val-{seed}")
+    train = [make_row(train_rng, min_terms, max_terms, noise) for _ in range(num_train)]
+    val = [make_row(val_rng, min_terms, max_terms, 0.0) for _ in range(num_val)]
+    paths = {"train": os.path.join(out_dir, "train.jsonl"), "val": os.path.join(out_dir, "val.jsonl")}
+    _write_jsonl(paths["train"], train)
+    _write_jsonl(paths["val"], val)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer and model
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over printable ASCII, plus ``\\boxed`` as a single token.
+
+    ~100 tokens keeps the LM head tiny. The Fuse decoder joins tokens with no separator, so
+    decode(encode(s)) == s for any printable-ASCII string, spaces and newlines included.
+    """
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # keeps " " and "\n"
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, BOXED] + chars)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # Split *every* character off (and \boxed as one piece); "isolated" keeps spaces as tokens.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed|[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="left",  # prompts are left-padded for batched generation
+        clean_up_tokenization_spaces=False,
+        model_max_length=512,
+    )
+
+
+def build_model(
+    out_dir: str,
+    *,
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 256,
+) -> str:
+    """Save a randomly initialised tiny Llama plus its tokenizer to ``out_dir``."""
+    tok = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)  # the init is the only randomness here
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,179 @@
+"""Starting the Ray actors and fanning work out to them.
+
+Each group splits a batch between its actors, calls them in parallel and reassembles the
+results in the original order. The learner group also pads shards so every DeepSpeed rank runs
+the same number of micro-batches (ZeRO communicates inside forward/backward).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import replace
+
+import torch
+
+from rlreason.config.schema import RunConfig
+from rlreason.types import (GenerationRequest, LogprobResult, RewardResult, RolloutBatch, SamplingParams,
+                            ScoreRequest, SequenceBatch, TrainBatch)
+
+
+def _ray():
+    import ray
+
+    return ray
+
+
+def wait_ready(actors: list, what: str, timeout_s: float) -> None:
+    ray = _ray()
+    try:
+        ray.get([a.ready.remote() for a in actors], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(
+            f"{what} actors were not placed within {timeout_s:.0f}s. Cluster resources: "
+            f"{ray.available_resources()} available of {ray.cluster_resources()}; each actor asks for the "
+            f"resources in cluster.*. Lower the worker counts or add nodes (cluster.init_timeout_s waits longer)."
+        ) from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def even_chunks(n: int, parts: int) -> list[range]:
+    """Split range(n) into ``parts`` contiguous near-equal ranges (some may be empty)."""
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+class RolloutGroup:
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+        from rlreason.workers.rollout import RolloutWorker
+
+        actor = _ray().remote(num_cpus=cfg.cluster.actor_cpus)(RolloutWorker)
+        self.actors = [actor.remote(cfg, model_path, threads) for _ in range(cfg.rollout.workers)]
+        wait_ready(self.actors, "rollout", cfg.cluster.init_timeout_s)
+
+    def generate(self, prompts: list[list[int]], group_sizes: list[int], sampling: SamplingParams,
+                 seed: int) -> RolloutBatch:
+        """Split prompts between workers (whole groups stay together) and concatenate their batches."""
+        futures = []
+        for w, part in enumerate(even_chunks(len(prompts), len(self.actors))):
+            if len(part) == 0:
+                continue
+            req = GenerationRequest([prompts[b] for b in part], [group_sizes[b] for b in part],
+                                    group_offset=part.start, sampling=sampling, seed=seed * 1000 + w)
+            futures.append(self.actors[w].generate.remote(req))
+        return RolloutBatch.concat(_ray().get(futures))
+
+    def load_weights(self, state: dict, version: int) -> None:
+        ref = _ray().put(state)  # one copy in the object store, read by every worker
+        _ray().get([a.load_weights.remote(ref, version) for a in self.actors])
+
+
+class RewardGroup:
+    def __init__(self, cfg: RunConfig):
+        from rlreason.workers.reward import RewardWorker
+
+        actor = _ray().remote(num_cpus=cfg.cluster.actor_cpus)(RewardWorker)
+        self.actors = [actor.remote(cfg.reward, cfg.data.answer_key) for _ in range(cfg.reward.workers)]
+        wait_ready(self.actors, "reward", cfg.cluster.init_timeout_s)
+
+    def score(self, req: ScoreRequest) -> RewardResult:
+        futures = []
+        for w, part in enumerate(even_chunks(len(req.responses), len(self.actors))):
+            if len(part) == 0:
+                continue
+            sub = ScoreRequest(*[[getattr(req, f)[i] for i in part] for f in
+                                 ("prompts", "responses", "rows", "sample_ids", "response_lengths", "truncated")])
+            futures.append(self.actors[w].score.remote(sub))
+        return RewardResult.concat(_ray().get(futures))
+
+    def close(self) -> None:
+        _ray().get([a.close.remote() for a in self.actors])
+
+
+class LearnerGroup:
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+        from rlreason.workers.learner import LearnerWorker
+
+        world = cfg.learner.world_size
+        master = f"127.0.0.1:{free_port()}"
+        actor = _ray().remote(num_cpus=cfg.cluster.actor_cpus)(LearnerWorker)
+        self.actors = [actor.remote(cfg, model_path, rank, world, master, threads) for rank in range(world)]
+        wait_ready(self.actors, "learner", cfg.cluster.init_timeout_s)
+        self.world = world
+        self.micro = cfg.learner.micro_batch_size
+
+    def _plan(self, n: int) -> tuple[int, int]:
+        """Rows per rank (after padding) and micro-batches per rank."""
+        rows = max(math.ceil(n / self.world), 1)
+        return rows, math.ceil(rows / self.micro)
+
+    def logprobs(self, seqs: SequenceBatch) -> LogprobResult:
+        rows, num_micro = self._plan(len(seqs))
+        futures = [a.compute_logprobs.remote(_pad_seqs(_stride(seqs, r, self.world), rows), num_micro)
+                   for r, a in enumerate(self.actors)]
+        parts = _ray().get(futures)
+        return _unstride(parts, len(seqs), self.world)
+
+    def update(self, batch: TrainBatch, lr: float, loss_name: str | None = None) -> dict[str, float]:
+        """One optimizer step on ``batch`` (whose global counts are already set); summed stats."""
+        rows, num_micro = self._plan(len(batch))
+        futures = [a.update.remote(_pad_train(batch.shard(r, self.world), rows), num_micro, lr, loss_name)
+                   for r, a in enumerate(self.actors)]
+        parts = _ray().get(futures)
+        out = {k: sum(p[k] for p in parts) for k in parts[0] if k != "grad_norm"}
+        out["grad_norm"] = parts[0]["grad_norm"]  # identical on every rank after the all-reduce
+        return out
+
+    def state_dict(self) -> dict:
+        return _ray().get([a.state_dict.remote() for a in self.actors])[0]
+
+
+def _stride(seqs: SequenceBatch, rank: int, world: int) -> SequenceBatch:
+    idx = torch.arange(rank, len(seqs), world)
+    return SequenceBatch(seqs.input_ids[idx], seqs.attention_mask[idx], seqs.response_mask[idx], seqs.prompt_width)
+
+
+def _pad_seqs(seqs: SequenceBatch, rows: int) -> SequenceBatch:
+    """Append fully-masked copies of row 0 up to ``rows`` rows (they carry no loss)."""
+    extra = rows - len(seqs)
+    if extra <= 0:
+        return seqs
+    if len(seqs) == 0:
+        raise ValueError("cannot pad an empty shard")
+    rep = lambda t: torch.cat([t, t[:1].expand(extra, *t.shape[1:])])  # noqa: E731
+    return SequenceBatch(rep(seqs.input_ids), rep(seqs.attention_mask),
+                         torch.cat([seqs.response_mask, torch.zeros(extra, seqs.response_mask.shape[1])]),
+                         seqs.prompt_width)
+
+
+def _pad_train(batch: TrainBatch, rows: int) -> TrainBatch:
+    extra = rows - len(batch)
+    if extra <= 0:
+        return batch
+    padded = batch.rows(torch.cat([torch.arange(len(batch)), torch.zeros(extra, dtype=torch.long)]))
+    mask = padded.seqs.response_mask.clone()
+    mask[len(batch):] = 0.0
+    adv = padded.advantages.clone()
+    adv[len(batch):] = 0.0
+    return replace(padded, seqs=replace(padded.seqs, response_mask=mask), advantages=adv)
+
+
+def _unstride(parts: list[LogprobResult], n: int, world: int) -> LogprobResult:
+    """Undo strided sharding: row i came from rank i % world, position i // world."""
+    def gather(get):
+        first = get(parts[0])
+        if first is None:
+            return None
+        out = torch.zeros(n, first.shape[1], dtype=first.dtype)
+        for r, p in enumerate(parts):
+            k = len(range(r, n, world))
+            out[r::world] = get(p)[:k]
+        return out
+
+    return LogprobResult(gather(lambda p: p.old_logprobs), gather(lambda p: p.entropy),
+                         gather(lambda p: p.ref_logprobs))

@@ -1,0 +1,209 @@
+"""LearnerWorker: one data-parallel rank of the DeepSpeed policy (a Ray actor).
+
+Algorithm-blind: it receives advantages, applies the registered policy loss to micro-batches,
+adds the generic KL / entropy terms, and steps. Every rank runs the same number of
+micro-batches (shards are padded with fully-masked rows) because ZeRO-2/3 communicate inside
+backward. Losses are contributions with *global* denominators, so the sum over micro-batches
+and ranks is the step's loss whatever the split; DeepSpeed averages gradients over ranks, so
+each backward is scaled by the world size to turn that average back into the sum.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rlreason.algorithms import POLICY_LOSSES
+from rlreason.algorithms.aggregation import AggContext, aggregate
+from rlreason.algorithms.base import LossInput
+from rlreason.algorithms.kl import KL_ESTIMATORS
+from rlreason.config.schema import RunConfig
+from rlreason.kernels.logprobs import token_logprobs_entropy
+from rlreason.models import load_model
+from rlreason.rollout.sampling import logprob_temperature
+from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
+
+
+def _plain_fp32(cfg: RunConfig) -> bool:
+    """ZeRO-0 in fp32: DeepSpeed clips there but never reports the norm, so we clip ourselves."""
+    return cfg.learner.zero_stage == 0 and cfg.model.dtype == "float32"
+
+
+def deepspeed_config(cfg: RunConfig) -> dict:
+    lr = cfg.learner
+    return {
+        "train_micro_batch_size_per_gpu": lr.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        # We own the accumulation boundary: backward() accumulates, step() reduces and updates,
+        # so the number of micro-batches may change from step to step.
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": 0.0 if _plain_fp32(cfg) else lr.grad_clip,
+        "zero_optimization": {"stage": lr.zero_stage},
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_at(cfg: RunConfig, step: int) -> float:
+    """Learning rate of RL optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    lr = cfg.learner
+    if step < lr.warmup_steps:
+        return lr.lr * (step + 1) / lr.warmup_steps
+    if lr.lr_schedule == "cosine":
+        total = max(cfg.trainer.total_steps * lr.updates_per_step * lr.epochs - lr.warmup_steps, 1)
+        progress = min((step - lr.warmup_steps) / total, 1.0)
+        return lr.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr.lr
+
+
+class LearnerWorker:
+    def __init__(self, cfg: RunConfig, model_path: str, rank: int, world_size: int, master: str, threads: int):
+        host, port = master.split(":")
+        os.environ.update(MASTER_ADDR=host, MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world_size),
+                          LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        torch.set_num_threads(max(threads, 1))
+        torch.manual_seed(cfg.trainer.seed)
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_model(model_path, cfg.model, self.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.betas),
+                                      weight_decay=cfg.learner.weight_decay)
+        self.grad_norm: Optional[float] = None
+        if _plain_fp32(cfg):
+            optimizer.register_step_pre_hook(self._clip_hook)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+        self.ref: Optional[torch.nn.Module] = None
+        if cfg.algorithm.kl_coef > 0 or cfg.algorithm.track_kl:
+            self.ref = load_model(model_path, cfg.model, self.device).eval().requires_grad_(False)
+        self.loss_fn = POLICY_LOSSES.get(cfg.algorithm.loss)
+        self.temperature = logprob_temperature(cfg.rollout.temperature)
+        self.optimizer_steps = 0
+
+    def ready(self) -> bool:
+        return True
+
+    def _clip_hook(self, optimizer, args, kwargs) -> None:
+        # runs inside engine.step() after the gradient all-reduce, before AdamW's update
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = self.cfg.learner.grad_clip if self.cfg.learner.grad_clip > 0 else float("inf")
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # ---- forward passes -------------------------------------------------------------------
+
+    def _forward(self, model, seqs: SequenceBatch, with_entropy: bool) -> tuple[Tensor, Optional[Tensor]]:
+        ids = seqs.input_ids.to(self.device)
+        mask = seqs.attention_mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        p = seqs.prompt_width
+        return token_logprobs_entropy(logits[:, p - 1:-1], ids[:, p:], self.temperature, with_entropy,
+                                      chunk=self.cfg.learner.logprob_chunk)
+
+    @torch.no_grad()
+    def compute_logprobs(self, seqs: SequenceBatch, num_micro: int) -> LogprobResult:
+        """Old-policy log-probs, entropy and (with a reference model) reference log-probs of a shard."""
+        self.engine.eval()
+        olds, ents, refs = [], [], []
+        for mb in _split(seqs, num_micro):
+            lp, ent = self._forward(self.engine, mb, with_entropy=True)
+            olds.append(lp.float().cpu())
+            ents.append(ent.float().cpu())
+            if self.ref is not None:
+                refs.append(self._forward(self.ref, mb, with_entropy=False)[0].float().cpu())
+        return LogprobResult(torch.cat(olds), torch.cat(ents), torch.cat(refs) if refs else None)
+
+    # ---- one optimizer step ---------------------------------------------------------------
+
+    def update(self, batch: TrainBatch, num_micro: int, lr: float, loss_name: Optional[str] = None) -> dict:
+        """Accumulate gradients over ``num_micro`` micro-batches of this rank's shard, then step.
+
+        Returns sums over this rank (the controller adds ranks and divides by global counts).
+        """
+        self.engine.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_fn = POLICY_LOSSES.get(loss_name) if loss_name else self.loss_fn
+        kwargs = {} if loss_name else dict(self.cfg.algorithm.loss_kwargs)
+        ctx = self._agg_context(batch, sft=loss_name is not None)
+        sums: dict[str, float] = {}
+        for mb in _split_train(batch, num_micro):
+            loss, stats = self._micro_loss(mb, loss_fn, kwargs, ctx, regularise=loss_name is None)
+            self.engine.backward(loss * self.world_size)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.engine.step()
+        self.optimizer_steps += 1
+        grad_norm = self.grad_norm if _plain_fp32(self.cfg) else self.engine.get_global_grad_norm()
+        sums["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        return sums
+
+    def _agg_context(self, batch: TrainBatch, sft: bool) -> AggContext:
+        a = self.cfg.algorithm
+        return AggContext(
+            mode="token-mean" if sft else a.agg_mode,
+            global_tokens=batch.global_tokens, global_seqs=batch.global_seqs, global_rows=batch.global_rows,
+            constant=a.agg_constant or float(self.cfg.rollout.max_new_tokens),
+            sum_norm_divide_by=a.sum_norm_divide_by,
+        )
+
+    def _micro_loss(self, mb: TrainBatch, loss_fn, kwargs: dict, ctx: AggContext, regularise: bool):
+        a = self.cfg.algorithm
+        mask = mb.seqs.response_mask.to(self.device)
+        need_entropy = regularise and a.entropy_coef != 0
+        lp, ent = self._forward(self.engine, mb.seqs, with_entropy=need_entropy)
+        ref = mb.ref_logprobs.to(self.device) if mb.ref_logprobs is not None else None
+        inp = LossInput(
+            logprobs=lp, old_logprobs=mb.old_logprobs.to(self.device), advantages=mb.advantages.to(self.device),
+            response_mask=mask, rewards=mb.rewards, correct=mb.correct, group_index=mb.group_index,
+            ref_logprobs=ref, entropy=ent,
+        )
+        out = loss_fn(inp, **kwargs)
+        policy_loss = aggregate(out.token_loss, mask, ctx)
+        loss = policy_loss
+        stats = {"policy_loss": policy_loss.item(), "tokens": mask.sum().item()}
+        if regularise and ref is not None:
+            kl = KL_ESTIMATORS[a.kl_estimator](lp, ref)
+            if a.kl_coef > 0:
+                loss = loss + a.kl_coef * aggregate(kl, mask, ctx)
+            stats["kl_sum"] = (kl.detach() * mask).sum().item()
+        if need_entropy:
+            loss = loss - a.entropy_coef * aggregate(ent, mask, ctx)
+        for name, value in out.token_metrics.items():
+            stats[f"{name}_sum"] = (value.detach().float() * mask).sum().item()
+        stats["loss"] = loss.item()
+        return loss, stats
+
+    # ---- weights --------------------------------------------------------------------------
+
+    def state_dict(self) -> Optional[dict[str, Tensor]]:
+        """Full policy weights on CPU from rank 0 (every rank must call: ZeRO-3 gathers)."""
+        module = self.engine.module
+        if self.cfg.learner.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return self._cpu_state(module) if self.rank == 0 else None
+        return self._cpu_state(module) if self.rank == 0 else None
+
+    @staticmethod
+    def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _split(seqs: SequenceBatch, num_micro: int) -> list[SequenceBatch]:
+    """``num_micro`` non-empty, near-equal slices (the caller makes len(seqs) >= num_micro)."""
+    return [SequenceBatch(seqs.input_ids[idx], seqs.attention_mask[idx], seqs.response_mask[idx], seqs.prompt_width)
+            for idx in torch.arange(len(seqs)).tensor_split(num_micro)]
+
+
+def _split_train(batch: TrainBatch, num_micro: int) -> list[TrainBatch]:
+    return [batch.rows(idx) for idx in torch.arange(len(batch)).tensor_split(num_micro)]

@@ -1,0 +1,33 @@
+"""RolloutWorker: a Ray actor holding a generation engine and its copy of the policy weights."""
+
+from __future__ import annotations
+
+import torch
+
+from rlreason.config.schema import RunConfig
+from rlreason.models import load_model, load_tokenizer
+from rlreason.types import GenerationRequest, RolloutBatch
+
+
+class RolloutWorker:
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+        torch.set_num_threads(max(threads, 1))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
+        model = load_model(model_path, cfg.model, device)
+        from rlreason.rollout.native import NativeEngine
+
+        self.engine = NativeEngine(model, tokenizer, max_batch=cfg.rollout.batch_size)
+        self.weights_version = 0
+
+    def ready(self) -> bool:
+        return True
+
+    def generate(self, req: GenerationRequest) -> RolloutBatch:
+        return self.engine.generate(req)
+
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+        """Replace the policy weights (called at every step boundary); returns the new version."""
+        self.engine.load_state_dict(state)
+        self.weights_version = version
+        return version

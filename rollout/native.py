@@ -1,0 +1,147 @@
+"""The native rollout engine: batched sampling from a Hugging Face causal LM with a KV cache.
+
+Prompts are left-padded (position ids from the attention mask, as the learner computes them);
+finished rows are dropped from the batch and the cache, so the long tail decodes at the size it
+really has. Deliberately not here: speculative decoding (a separate engine layer), paged
+attention, continuous batching.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+import torch
+from torch import Tensor
+
+from rlreason.rollout.sampling import sample_tokens, token_logprobs
+from rlreason.types import GenerationRequest, RolloutBatch, SamplingParams
+
+
+@dataclass
+class _Rows:
+    """Output buffers of one chunk of rows."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    truncated: list[bool]
+
+
+class NativeEngine:
+    def __init__(self, model, tokenizer, max_batch: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.model.load_state_dict(state, strict=True)
+
+    @torch.no_grad()
+    def generate(self, req: GenerationRequest) -> RolloutBatch:
+        """Sample ``group_sizes[b]`` responses for every prompt of the request."""
+        start = time.perf_counter()
+        gen = torch.Generator(device="cpu").manual_seed(req.seed)
+        rows = [ids for ids, g in zip(req.prompt_ids, req.group_sizes) for _ in range(g)]
+        groups = [req.group_offset + b for b, g in enumerate(req.group_sizes) for _ in range(g)]
+        chunk = self.max_batch or max(len(rows), 1)
+        out = _Rows([], [], [])
+        curve: list[int] = []
+        for lo in range(0, len(rows), chunk):
+            part = self._generate_chunk(rows[lo:lo + chunk], req.sampling, gen, curve)
+            out.tokens += part.tokens
+            out.logprobs += part.logprobs
+            out.truncated += part.truncated
+        batch = self._to_batch(rows, groups, out)
+        batch.gen_seconds = time.perf_counter() - start
+        batch.batch_sizes = curve
+        return batch
+
+    def _generate_chunk(self, prompts: list[list[int]], sp: SamplingParams, gen: torch.Generator,
+                        curve: list[int]) -> _Rows:
+        n = len(prompts)
+        ids, mask = left_pad(prompts, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1]
+        next_pos = positions[:, -1] + 1
+        live = torch.arange(n)  # original row of each live position in the batch
+        res = _Rows([[] for _ in range(n)], [[] for _ in range(n)], [True] * n)
+        stop_window = max((len(s) for s in sp.stop), default=0) + 2
+        for step in range(sp.max_new_tokens):
+            curve.append(len(live))
+            tok = sample_tokens(logits, sp.temperature, sp.top_k, sp.top_p, gen).to(self.device)
+            lp = token_logprobs(logits, tok, sp.temperature)
+            done = []
+            for j, (row, t, l) in enumerate(zip(live.tolist(), tok.tolist(), lp.tolist())):
+                res.tokens[row].append(t)
+                res.logprobs[row].append(l)
+                if t in self.eos_ids or (sp.stop and self._hit_stop(res.tokens[row], sp.stop, stop_window)):
+                    res.truncated[row] = False
+                    done.append(j)
+            if step == sp.max_new_tokens - 1:
+                break
+            if done:
+                keep = torch.tensor([j for j in range(len(live)) if j not in set(done)], dtype=torch.long)
+                if keep.numel() == 0:
+                    break
+                live, tok, next_pos = live[keep], tok[keep.to(tok.device)], next_pos[keep.to(tok.device)]
+                mask = mask[keep.to(mask.device)]
+                cache.batch_select_indices(keep.to(self.device))
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+        return res
+
+    def _hit_stop(self, tokens: list[int], stops: list[str], window: int) -> bool:
+        tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def _to_batch(self, prompts: list[list[int]], groups: list[int], res: _Rows) -> RolloutBatch:
+        n = len(prompts)
+        width = max((len(t) for t in res.tokens), default=0) or 1
+        resp = torch.full((n, width), self.pad_id, dtype=torch.long)
+        rmask = torch.zeros(n, width)
+        rlp = torch.zeros(n, width)
+        for i, (toks, lps) in enumerate(zip(res.tokens, res.logprobs)):
+            resp[i, :len(toks)] = torch.tensor(toks, dtype=torch.long)
+            rmask[i, :len(toks)] = 1.0
+            rlp[i, :len(lps)] = torch.tensor(lps)
+        pids, pmask = left_pad(prompts, self.pad_id)
+        texts = self.tokenizer.batch_decode([t for t in res.tokens], skip_special_tokens=True)
+        return RolloutBatch(
+            prompt_ids=pids, prompt_mask=pmask, response_ids=resp, response_mask=rmask,
+            rollout_logprobs=rlp, truncated=torch.tensor(res.truncated, dtype=torch.bool),
+            group_index=torch.tensor(groups, dtype=torch.long), response_text=texts,
+            pad_id=self.pad_id, gen_tokens=int(rmask.sum().item()),
+        )
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists to [n, max_len] ids and a 0/1 attention mask."""
+    width = max((len(s) for s in seqs), default=0) or 1
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+

@@ -1,0 +1,114 @@
+"""Config composition and validation: errors name the key and say what would be valid."""
+
+import pytest
+
+from rlreason.config import ConfigError, list_recipes, load_config
+from rlreason.config.validate import validate
+
+
+def load(*args):
+    cfg = load_config(["recipe=quickstart", *args])
+    validate(cfg)
+    return cfg
+
+
+def error(*args) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(*args)
+    return str(info.value)
+
+
+def test_overrides_reach_the_dataclasses():
+    cfg = load("algorithm.kl_coef=0.01", "rollout.temperature=0.8", "trainer.output_dir=/tmp/run",
+               "algorithm.loss_kwargs.clip_high=0.28", "learner.world_size=2")
+    assert cfg.algorithm.kl_coef == 0.01 and cfg.rollout.temperature == 0.8
+    assert cfg.trainer.output_dir == "/tmp/run" and cfg.learner.world_size == 2
+    assert cfg.algorithm.loss_kwargs == {"clip_high": 0.28}
+    assert cfg.recipe == "quickstart"
+
+
+def test_recipe_overrides_only_what_it_names():
+    cfg = load()
+    assert cfg.rollout.top_p == 1.0  # untouched dataclass default
+    assert cfg.model.builder  # set by the recipe
+
+
+def test_every_builtin_recipe_composes_and_validates():
+    for name in list_recipes():
+        cfg = load_config([f"recipe={name}"])
+        validate(cfg)
+
+
+def test_unknown_key_names_it_and_suggests():
+    msg = error("rollout.temprature=0.5")
+    assert "rollout.temprature" in msg and "rollout.temperature" in msg
+
+
+def test_key_in_wrong_section_points_to_the_right_one():
+    assert "learner.lr" in error("rollout.lr=0.1")
+
+
+def test_unknown_section():
+    msg = error("rolout.n=4")
+    assert "rolout" in msg and "rollout" in msg
+
+
+def test_unknown_recipe_lists_recipes():
+    with pytest.raises(ConfigError) as info:
+        load_config(["recipe=quickstrat"])
+    assert "quickstart" in str(info.value) and "Recipes:" in str(info.value)
+
+
+def test_missing_recipe():
+    with pytest.raises(ConfigError, match="recipe=NAME"):
+        load_config(["rollout.n=2"])
+
+
+def test_wrong_type_names_key():
+    assert "rollout.n" in error("rollout.n=abc")
+
+
+def test_group_size_one_with_group_baseline_explains_itself():
+    msg = error("rollout.n=1")
+    assert "rollout.n" in msg and "grpo" in msg
+
+
+def test_unknown_algorithm_and_kwargs():
+    assert "Registered" in error("algorithm.advantage=grpoo") and "grpo" in error("algorithm.advantage=grpoo")
+    msg = error("algorithm.loss_kwargs.clip_hi=0.3")
+    assert "clip_hi" in msg and "clip_high" in msg
+
+
+def test_fp16_is_refused_with_a_reason():
+    assert "float16" in error("model.dtype=float16")
+
+
+def test_bad_ranges():
+    assert "top_p" in error("rollout.top_p=1.5")
+    assert "zero_stage" in error("learner.zero_stage=4")
+    assert "agg_mode" in error("algorithm.agg_mode=token_mean")
+    assert "loggers" in error("trainer.loggers=[console,mlflow]")
+
+
+def test_unknown_reward_function():
+    msg = error("reward.functions=[{name: math_verfy}]")
+    assert "math_verfy" in msg and "math_verify" in msg
+
+
+def test_recipe_from_a_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  path: /some/model\ndata:\n  train: /some/data.jsonl\nrollout:\n  n: 4\n")
+    cfg = load_config([f"recipe={path}"])
+    assert cfg.rollout.n == 4 and cfg.model.path == "/some/model"
+
+
+def test_unknown_key_in_a_recipe_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rollout:\n  temperatur: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config([f"recipe={path}"])
+    assert "bad.yaml" in str(info.value) and "rollout.temperature" in str(info.value)
+
+
+def test_sweeps_are_refused():
+    assert "sweep" in error("rollout.n=2,4")
