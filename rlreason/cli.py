@@ -24,8 +24,13 @@ def cmd_train(args: list[str]) -> int:
         print(f"rlreason train: config error: {e}", file=sys.stderr)
         return 2
     from rlreason.controller import train
+    from rlreason.data.dataset import DataError
 
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except DataError as e:
+        print(f"rlreason train: data error: {e}", file=sys.stderr)
+        return 2
     print(f"run finished: {run_dir}")
     return 0
 

@@ -16,7 +16,7 @@ import torch
 
 from rlreason import batches
 from rlreason.config import RunConfig, to_yaml
-from rlreason.data.dataset import encode_prompt, format_prompt, resolve_data
+from rlreason.data.dataset import check_columns, encode_prompt, format_prompt, resolve_data
 from rlreason.data.sampler import PromptSampler
 from rlreason.models import load_tokenizer, resolve_model_path
 from rlreason.tracking import PhaseTimer, RunLog
@@ -119,9 +119,7 @@ class Trainer:
         already produces the answer format."""
         sft = self.cfg.trainer.sft
         rows = self.train_set.rows
-        if any(r.get(sft.response_key) is None for r in rows[:1]):
-            raise ValueError(f"trainer.sft.steps={sft.steps} but the training rows have no "
-                             f"'{sft.response_key}' column (set trainer.sft.response_key)")
+        check_columns(self.train_set, [sft.response_key])  # names the row; see trainer.sft.response_key
         sampler = PromptSampler(len(rows), sft.batch_size, self.cfg.trainer.seed + 1)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id

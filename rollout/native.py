@@ -20,6 +20,23 @@ from rlreason.types import GenerationRequest, RolloutBatch, SamplingParams
 
 
 @dataclass
+class DecodeState:
+    """Rows still decoding: their KV cache, attention mask, next positions and next-token logits."""
+
+    cache: object  # transformers DynamicCache over the live rows
+    mask: Tensor  # [live, P + t] attention mask
+    next_pos: Tensor  # [live] position id of the next token
+    live: Tensor  # [live] original row index of each batch position
+    logits: Tensor  # [live, V] logits of the next token
+
+    def keep(self, idx: Tensor) -> None:
+        """Drop finished rows from the batch and the cache, so the tail decodes at its real size."""
+        self.cache.batch_select_indices(idx)
+        self.mask, self.next_pos, self.logits = self.mask[idx], self.next_pos[idx], self.logits[idx]
+        self.live = self.live[idx.cpu()]
+
+
+@dataclass
 class _Rows:
     """Output buffers of one chunk of rows."""
 
@@ -68,45 +85,54 @@ class NativeEngine:
     def _generate_chunk(self, prompts: list[list[int]], sp: SamplingParams, gen: torch.Generator,
                         curve: list[int]) -> _Rows:
         n = len(prompts)
+        res = _Rows([[] for _ in range(n)], [[] for _ in range(n)], [True] * n)
+        state = self._prefill(prompts)
+        for step in range(sp.max_new_tokens):
+            curve.append(len(state.live))
+            tok = sample_tokens(state.logits, sp.temperature, sp.top_k, sp.top_p, gen).to(self.device)
+            lp = token_logprobs(state.logits, tok, sp.temperature)
+            finished = self._record(res, state.live, tok, lp, sp)
+            if step == sp.max_new_tokens - 1:
+                break
+            if finished:
+                keep = torch.tensor([j for j in range(len(state.live)) if j not in finished], dtype=torch.long)
+                if keep.numel() == 0:
+                    break
+                state.keep(keep.to(self.device))
+                tok = tok[keep.to(self.device)]
+            self._advance(state, tok)
+        return res
+
+    def _prefill(self, prompts: list[list[int]]) -> "DecodeState":
+        from transformers import DynamicCache
+
         ids, mask = left_pad(prompts, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]
-        next_pos = positions[:, -1] + 1
-        live = torch.arange(n)  # original row of each live position in the batch
-        res = _Rows([[] for _ in range(n)], [[] for _ in range(n)], [True] * n)
-        stop_window = max((len(s) for s in sp.stop), default=0) + 2
-        for step in range(sp.max_new_tokens):
-            curve.append(len(live))
-            tok = sample_tokens(logits, sp.temperature, sp.top_k, sp.top_p, gen).to(self.device)
-            lp = token_logprobs(logits, tok, sp.temperature)
-            done = []
-            for j, (row, t, l) in enumerate(zip(live.tolist(), tok.tolist(), lp.tolist())):
-                res.tokens[row].append(t)
-                res.logprobs[row].append(l)
-                if t in self.eos_ids or (sp.stop and self._hit_stop(res.tokens[row], sp.stop, stop_window)):
-                    res.truncated[row] = False
-                    done.append(j)
-            if step == sp.max_new_tokens - 1:
-                break
-            if done:
-                keep = torch.tensor([j for j in range(len(live)) if j not in set(done)], dtype=torch.long)
-                if keep.numel() == 0:
-                    break
-                live, tok, next_pos = live[keep], tok[keep.to(tok.device)], next_pos[keep.to(tok.device)]
-                mask = mask[keep.to(mask.device)]
-                cache.batch_select_indices(keep.to(self.device))
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                             past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1]
-            next_pos = next_pos + 1
-        return res
+        return DecodeState(cache, mask, positions[:, -1] + 1, torch.arange(len(prompts)), out.logits[:, -1])
+
+    def _advance(self, state: "DecodeState", tok: Tensor) -> None:
+        """Feed one sampled token per live row; leaves the next-token logits in ``state``."""
+        state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+        out = self.model(input_ids=tok[:, None], attention_mask=state.mask, position_ids=state.next_pos[:, None],
+                         past_key_values=state.cache, use_cache=True)
+        state.logits = out.logits[:, -1]
+        state.next_pos = state.next_pos + 1
+
+    def _record(self, res: _Rows, live: Tensor, tok: Tensor, lp: Tensor, sp: SamplingParams) -> set[int]:
+        """Append each live row's token; return the batch positions whose response just ended."""
+        finished = set()
+        window = max((len(s) for s in sp.stop), default=0) + 2
+        for j, (row, t, logp) in enumerate(zip(live.tolist(), tok.tolist(), lp.tolist())):
+            res.tokens[row].append(t)
+            res.logprobs[row].append(logp)
+            if t in self.eos_ids or (sp.stop and self._hit_stop(res.tokens[row], sp.stop, window)):
+                res.truncated[row] = False
+                finished.add(j)
+        return finished
 
     def _hit_stop(self, tokens: list[int], stops: list[str], window: int) -> bool:
         tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=True)

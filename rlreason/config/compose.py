@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,19 @@ def load_config(args: list[str]) -> RunConfig:
             raise ConfigError(f"override '{key}={value}': {_omegaconf_message(e)}") from None
     cfg.recipe = recipe
     try:
-        return OmegaConf.to_object(cfg)
+        run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(_omegaconf_message(e)) from None
+    _absolute_reward_files(run)
+    return run
+
+
+def _absolute_reward_files(cfg: RunConfig) -> None:
+    """'file.py:fn' rewards run in other processes (and on other nodes): pin them to absolute paths."""
+    for f in cfg.reward.functions:
+        target, sep, attr = f.name.rpartition(":")
+        if sep and target.endswith(".py"):
+            f.name = f"{os.path.abspath(target)}:{attr}"
 
 
 def to_yaml(cfg: RunConfig) -> str:

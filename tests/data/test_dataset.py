@@ -1,0 +1,82 @@
+"""Loading prompt data from local files; errors name the file, row and column."""
+
+import json
+
+import pytest
+
+from rlreason.config.schema import DataConfig
+from rlreason.data.dataset import DataError, check_columns, encode_prompt, format_prompt, load_rows, resolve_data
+from rlreason.data.sampler import PromptSampler
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_jsonl_parquet_and_directory(tmp_path):
+    rows = [{"question": f"q{i}", "gold": str(i), "data_source": "toy"} for i in range(5)]
+    jl = write_jsonl(tmp_path / "a.jsonl", rows)
+    import datasets
+
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    datasets.Dataset.from_list(rows).to_parquet(str(pq / "part0.parquet"))
+    assert load_rows(jl).rows == rows
+    assert load_rows(str(pq)).rows == rows
+    assert load_rows(str(pq / "part0.parquet")).rows == rows
+
+
+def test_missing_column_names_file_row_and_column(tmp_path):
+    jl = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "answer": "1"}, {"prompt": "b"}])
+    with pytest.raises(DataError) as info:
+        check_columns(load_rows(jl), ["prompt", "answer"])
+    msg = str(info.value)
+    assert "train.jsonl" in msg and "row 1" in msg and "'answer'" in msg
+
+
+def test_missing_file_and_unknown_hub_name_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="does not exist"):
+        load_rows(str(tmp_path / "nope.jsonl"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="not a local"):
+        load_rows("no-such-org/no-such-dataset")
+
+
+def test_resolve_data_checks_the_configured_keys(tmp_path):
+    jl = write_jsonl(tmp_path / "t.jsonl", [{"question": "2+2", "gold": "4"}])
+    train, val = resolve_data(DataConfig(train=jl, prompt_key="question", answer_key="gold"), str(tmp_path), 0)
+    assert len(train) == 1 and val is None
+    with pytest.raises(DataError, match="'prompt'"):
+        resolve_data(DataConfig(train=jl), str(tmp_path), 0)
+
+
+def test_prompt_template_and_chat_template(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = DataConfig(prompt_template="Q: {prompt}\nA:")
+    assert format_prompt({"prompt": "1+1"}, cfg, tok) == "Q: 1+1\nA:"
+    tok.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]"
+    chat = DataConfig(chat_template=True, system_prompt="be brief")
+    assert format_prompt({"prompt": "1+1"}, chat, tok) == "[system]be brief[user]1+1[assistant]"
+    assert len(encode_prompt("x" * 50, DataConfig(max_prompt_length=8), tok)) == 8
+
+
+def test_chat_template_missing_is_explained(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(DataError, match="chat template"):
+        format_prompt({"prompt": "x"}, DataConfig(chat_template=True), tok)
+
+
+def test_sampler_covers_each_epoch_and_resumes():
+    s = PromptSampler(10, 4, seed=3)
+    first = s.next() + s.next() + s.next()[:2]
+    assert sorted(first) == list(range(10))
+    state = s.state_dict()
+    after = [s.next() for _ in range(3)]
+    t = PromptSampler(10, 4, seed=3)
+    t.load_state_dict(state)
+    assert [t.next() for _ in range(3)] == after

@@ -1,0 +1,95 @@
+"""The real command line: errors are useful, and a 2-step run with two DeepSpeed learners works."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REQUIRED_METRICS = ["step", "reward/mean", "correct/mean", "response_length/mean", "time/step", "time/generate",
+                    "time/score", "time/update", "time/sync", "rollout/tokens_per_s", "loss", "kl", "entropy",
+                    "clip_frac", "grad_norm"]
+
+
+def rlreason(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "rlreason", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_typo_in_a_key_fails_fast_with_a_suggestion():
+    out = rlreason("train", "recipe=quickstart", "rollout.temprature=0.5")
+    assert out.returncode == 2
+    assert "rollout.temperature" in out.stderr
+
+
+def test_typo_in_a_recipe_lists_recipes():
+    out = rlreason("train", "recipe=quikstart")
+    assert out.returncode == 2 and "quickstart" in out.stderr
+
+
+def test_unknown_command():
+    out = rlreason("trian")
+    assert out.returncode == 2 and "train" in out.stderr
+
+
+def test_list_shows_every_registry():
+    out = rlreason("list")
+    assert out.returncode == 0
+    for name in ("grpo", "ppo_clip", "math_verify", "quickstart"):
+        assert name in out.stdout
+
+
+@pytest.mark.slow
+def test_two_steps_with_two_deepspeed_learners(tmp_path):
+    run = tmp_path / "run"
+    out = rlreason("train", "recipe=quickstart", "learner.world_size=2", "trainer.total_steps=2",
+                   "trainer.sft.steps=2", "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=24",
+                   "algorithm.kl_coef=0.01", "rollout.temperature=0.8", f"trainer.output_dir={run}",
+                   "trainer.progress=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in REQUIRED_METRICS:
+        assert key in rows[0], key
+    assert rows[0]["grad_norm"] is not None and rows[0]["grad_norm"] >= 0
+    config = (run / "config.yaml").read_text()
+    assert "world_size: 2" in config and "kl_coef: 0.01" in config and "temperature: 0.8" in config
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"prompt", "response", "reward", "ground_truth"} <= set(samples[0])
+    assert len((run / "warmup.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_local_model_and_parquet_data_with_custom_columns(tmp_path, tiny_model_dir):
+    """model.path + data.train naming local files (what a hub id resolves to), custom keys, a user reward."""
+    import datasets
+
+    rows = [{"question": f"Q: {i}+1 =\nA:", "gold": str(i + 1), "level": 7} for i in range(8)]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
+    reward = tmp_path / "level_reward.py"
+    reward.write_text("def level(*, level, ground_truth, **kw):\n    return {'score': 0.0, 'level': float(level)}\n")
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "# my recipe\n"
+        f"model:\n  path: {tiny_model_dir}\n"
+        f"data:\n  train: {tmp_path / 'train.parquet'}\n  prompt_key: question\n  answer_key: gold\n"
+        "  prompts_per_step: 4\n"
+        "rollout:\n  n: 2\n  max_new_tokens: 8\n"
+        f"reward:\n  functions:\n    - {{name: math_verify}}\n    - {{name: '{reward}:level', weight: 0.0}}\n"
+        "trainer:\n  total_steps: 1\n  loggers: [jsonl]\n")
+    run = tmp_path / "run"
+    out = rlreason("train", f"recipe={recipe}", f"trainer.output_dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["reward/level/level/mean"] == 7.0  # the dataset column reached the user's function
+    assert "reward/math_verify/mean" in row and row["reward/errors"] == 0
+
+
+def test_a_missing_column_is_named_before_training(tmp_path, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"question": "1+1", "gold": "2"}) + "\n" + json.dumps({"question": "2+2"}) + "\n")
+    out = rlreason("train", "recipe=quickstart", f"model.path={tiny_model_dir}", f"data.train={data}",
+                   "data.prompt_key=question", "data.answer_key=gold", f"trainer.output_dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "train.jsonl" in out.stderr and "row 1" in out.stderr and "'gold'" in out.stderr
