@@ -145,8 +145,12 @@ class LearnerConfig:
     """Passes over the step's batch (PPO epochs)."""
     threads: int = 0
     """torch threads per learner actor (0 = CPUs of the machine / world_size)."""
+    logprob_impl: str = "auto"
+    """Log-prob / entropy computation: auto (triton on CUDA, chunked on CPU) | naive (full logits and
+    log-softmax) | chunked (PyTorch, O(chunk·V) memory) | triton. Non-naive paths apply the LM head
+    chunk by chunk, so the [tokens, vocab] logits are never built (rlreason.kernels.lm_head)."""
     logprob_chunk: int = 0
-    """Tokens per chunk of the log-prob / entropy computation (0 = all at once)."""
+    """Tokens per chunk of the chunked / triton paths (0 = auto: about 2M logits per chunk)."""
 
 
 @dataclass

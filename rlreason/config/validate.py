@@ -103,6 +103,20 @@ def _check_learner(cfg: RunConfig) -> None:
     _require(lr.updates_per_step <= rows,
              f"learner.updates_per_step={lr.updates_per_step} is more than the {rows} responses of a step "
              f"(data.prompts_per_step × rollout.n)")
+    _check_logprob_impl(lr.logprob_impl, lr.logprob_chunk)
+
+
+def _check_logprob_impl(impl: str, chunk: int) -> None:
+    import importlib.util
+
+    from rlreason.kernels.logprobs import IMPLS
+
+    _require(impl in IMPLS, f"learner.logprob_impl={impl!r}: use one of {', '.join(IMPLS)} "
+                            "(auto = triton on CUDA, chunked on CPU)")
+    _require(impl != "triton" or importlib.util.find_spec("triton") is not None,
+             "learner.logprob_impl=triton but Triton is not installed: pip install triton "
+             "(it runs on CUDA GPUs), or use logprob_impl=auto")
+    _require(chunk >= 0, f"learner.logprob_chunk must be >= 0 (0 = auto), got {chunk}")
 
 
 def _check_rewards(cfg: RunConfig) -> None:

@@ -22,7 +22,7 @@ from rlreason.algorithms.aggregation import AggContext, aggregate
 from rlreason.algorithms.base import LossInput
 from rlreason.algorithms.kl import KL_ESTIMATORS
 from rlreason.config.schema import RunConfig
-from rlreason.kernels.logprobs import token_logprobs_entropy
+from rlreason.kernels.lm_head import model_logprobs_entropy
 from rlreason.models import load_model
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
@@ -103,10 +103,11 @@ class LearnerWorker:
         ids = seqs.input_ids.to(self.device)
         mask = seqs.attention_mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
         p = seqs.prompt_width
-        return token_logprobs_entropy(logits[:, p - 1:-1], ids[:, p:], self.temperature, with_entropy,
-                                      chunk=self.cfg.learner.logprob_chunk)
+        # position p-1+j predicts response token j; the fused head never builds [n, L, V] logits
+        return model_logprobs_entropy(model, inputs, ids[:, p:], p - 1, self.temperature, with_entropy,
+                                      impl=self.cfg.learner.logprob_impl, chunk=self.cfg.learner.logprob_chunk)
 
     @torch.no_grad()
     def compute_logprobs(self, seqs: SequenceBatch, num_micro: int) -> LogprobResult:
