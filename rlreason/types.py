@@ -132,6 +132,15 @@ class ScoreRequest:
     sample_ids: list[int]  # [N] ids used in error reports
     response_lengths: list[int]  # [N] generated tokens (length-aware rewards)
     truncated: list[bool]  # [N]
+    group_ids: list[int] = field(default_factory=list)  # [N] prompt of each response (group rewards); [] = own group each
+    step: int = 0  # RL step (rewards with a schedule, e.g. a length penalty switched on later)
+
+    def select(self, idx: list[int]) -> "ScoreRequest":
+        """The sub-request of rows ``idx`` (a reward worker's share: whole groups)."""
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        return replace(self, prompts=pick(self.prompts), responses=pick(self.responses), rows=pick(self.rows),
+                       sample_ids=pick(self.sample_ids), response_lengths=pick(self.response_lengths),
+                       truncated=pick(self.truncated), group_ids=pick(self.group_ids) if self.group_ids else [])
 
 
 @dataclass
@@ -141,17 +150,55 @@ class RewardResult:
     scores: Tensor  # [N] float, weighted sum of the reward functions (NaN = no reward applied)
     correct: Tensor  # [N] float in {0,1}, NaN where no verifier ran
     components: dict[str, Tensor]  # reward name -> [N] float (NaN = not applicable); logged as reward/<name>/mean
-    errors: list[str] = field(default_factory=list)  # one line per failed or timed-out call
+    errors: list[str] = field(default_factory=list)  # one per failed or timed-out call: function, sample(s), traceback
+    drop: Optional[Tensor] = None  # [N] bool, rows of groups to drop before advantages (reward.on_error=drop_group)
+    dropped_groups: int = 0  # groups already removed from this result (counted for metrics)
+    dropped_samples: int = 0  # responses already removed from this result
 
     @staticmethod
     def concat(parts: list["RewardResult"]) -> "RewardResult":
-        names = list(parts[0].components)
+        names = list(dict.fromkeys(k for p in parts for k in p.components))
+        full = lambda p, k: p.components.get(k, torch.full_like(p.scores, float("nan")))  # noqa: E731
+        drops = [p.drop if p.drop is not None else torch.zeros(len(p.scores), dtype=torch.bool) for p in parts]
         return RewardResult(
             scores=torch.cat([p.scores for p in parts]),
             correct=torch.cat([p.correct for p in parts]),
-            components={k: torch.cat([p.components[k] for p in parts]) for k in names},
+            components={k: torch.cat([full(p, k) for p in parts]) for k in names},
             errors=[e for p in parts for e in p.errors],
+            drop=torch.cat(drops) if any(p.drop is not None for p in parts) else None,
+            dropped_groups=sum(p.dropped_groups for p in parts),
+            dropped_samples=sum(p.dropped_samples for p in parts),
         )
+
+    def select(self, rows: Tensor) -> "RewardResult":
+        """Keep the given rows (a [k] long index), e.g. after dropping groups."""
+        return replace(self, scores=self.scores[rows], correct=self.correct[rows],
+                       components={k: v[rows] for k, v in self.components.items()},
+                       drop=None if self.drop is None else self.drop[rows])
+
+
+@dataclass
+class TokenScoreRequest:
+    """Texts for a batched forward pass (likelihood rewards): log π(continuation | context)."""
+
+    contexts: list[str]  # [n] e.g. prompt + reasoning cut at the answer marker + answer prefix
+    continuations: list[str]  # [n] the text whose tokens are scored, e.g. the reference answer
+    add_special_tokens: bool = True  # as the prompts were tokenised for generation
+    batch_size: int = 16  # sequences per forward pass
+
+
+@dataclass
+class TokenScoreResult:
+    """Per-token log-probs of each continuation (context and continuation re-tokenised together)."""
+
+    logprobs: Tensor  # [n, A] float, log π(token) of continuation tokens at temperature 1, 0 on padding
+    mask: Tensor  # [n, A] float, 1 on continuation tokens
+    vocab_size: int = 0  # V, for floors such as -log V per token
+
+    @staticmethod
+    def concat(parts: list["TokenScoreResult"]) -> "TokenScoreResult":
+        return TokenScoreResult(_pad_cat([p.logprobs for p in parts], 0.0), _pad_cat([p.mask for p in parts], 0.0),
+                                max(p.vocab_size for p in parts))
 
 
 @dataclass

@@ -78,9 +78,16 @@ class RolloutConfig:
 @dataclass
 class RewardFunctionConfig:
     name: str = "math_verify"
-    """Registry name, 'module:function' or 'path/to/file.py:function'."""
+    """Registry name, 'module:function', 'path/to/file.py:function' or an HTTP endpoint 'http://host:port/path'."""
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    when: dict[str, Any] = field(default_factory=dict)
+    """Routing: only rows whose columns match, e.g. {data_source: [gsm8k, math]}; other rows get
+    "not applicable" from this function. Empty = every row."""
+    log_as: Optional[str] = None
+    """Name in the metrics (reward/<log_as>/mean); default: the function's name."""
+    timeout_s: Optional[float] = None
+    """Per-call limit for this function (a batched call scores a whole group or batch); null = reward.timeout_s."""
 
 
 @dataclass
@@ -92,9 +99,13 @@ class RewardConfig:
     """Worker processes per reward actor (reward code runs there, with a wall-clock timeout)."""
     timeout_s: float = 10.0
     """Per-call wall-clock limit; a call over it is reported as a timeout."""
+    extra_processes: int = 8
+    """Extra processes a reward actor may start while calls look hung, so hanging calls overlap
+    (a step loses about one timeout) instead of queueing behind each other."""
     on_error: str = "zero"
-    """A call that raised, timed out or crashed its process is reported, then scored 0 ("zero")
-    or treated as not applicable ("skip": left out of the group statistics, advantage 0)."""
+    """A call that raised, timed out or crashed its process is reported, then scored 0 ("zero"),
+    treated as not applicable ("skip": left out of the group statistics, advantage 0), or its
+    prompt's whole group is dropped before advantages ("drop_group", counted in reward/dropped_groups)."""
 
 
 @dataclass

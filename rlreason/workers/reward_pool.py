@@ -2,10 +2,19 @@
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: it cannot stop a hung call, and a crashed worker
 breaks the whole executor. Here each of ``num_processes`` long-lived processes takes one call at a
-time over its own pipe; a call that overruns is ended by killing its process, which is then
-replaced, and the other processes carry on. Processes are started with "spawn": the pool is created
-inside Ray actors, where forking a multi-threaded process is unsafe. Spawned children inherit the
-parent's ``sys.path``, so modules importable here are importable there.
+time over its own pipe; a call that overruns is ended by killing its process, and a process that
+dies is replaced, while the others carry on.
+
+Hanging calls overlap instead of queueing. A call running far longer than its function usually
+takes is *stalled*: it keeps its process until it finishes or times out, and the pool starts an
+extra process (at most ``extra_processes``) so pending work continues. A step in which 5% of the
+calls hang therefore loses about one timeout, not (hangs / processes) timeouts; extras are closed
+when the run ends.
+
+Processes come from a "forkserver" with the reward modules preloaded (a new one is ready in tens
+of milliseconds, and forking a single-threaded server is safe inside multi-threaded Ray actors);
+"spawn" where there is no forkserver. A child gets the parent's current ``sys.path``, working
+directory and environment, and the source of file rewards (``rewards/base.py: read_sources``).
 
 Not thread-safe: one ``run`` at a time per pool.
 """
@@ -18,40 +27,54 @@ import multiprocessing as mp
 import numbers
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Optional, Union
 
 
 @dataclass
 class RewardCall:
-    fn: str  # registry name ("math_verify"), "module:function" or "path/to/file.py:function"
-    kwargs: dict  # keyword arguments (prompt, response, ground_truth, columns..., recipe kwargs)
-    sample_id: int  # for error reports
+    fn: str  # registry name ("math_verify"), "module:function", "path/to/file.py:function" or an URL
+    kwargs: dict  # keyword arguments (prompt, response, ground_truth, columns..., recipe kwargs); lists when batched
+    sample_id: Union[int, list[int]]  # for error reports; a list for a batched call
+    timeout_s: Optional[float] = None  # this call's limit (None = the pool's)
 
 
 @dataclass
 class RewardOutcome:
-    value: float | dict | None  # what the function returned (None = not applicable, or it failed)
-    error: str | None = None  # "<fn> on sample <id>: <ExcType>: <msg>\n<traceback>", or timeout/death text
+    value: Any  # what the function returned: float, dict, None, or a list of those (batched)
+    error: Optional[str] = None  # "<fn> on sample <id>: <ExcType>: <msg>\n<traceback>", or timeout/death text
     timed_out: bool = False
     elapsed_s: float = 0.0
+
+
+def where(fn: str, sample_id: Union[int, list[int]]) -> str:
+    """'<fn> on sample 7' or '<fn> on samples [7, 8, 9]' (error reports)."""
+    if isinstance(sample_id, list):
+        ids = ", ".join(map(str, sample_id[:8])) + (f", … ({len(sample_id)} in all)" if len(sample_id) > 8 else "")
+        return f"{fn} on samples [{ids}]"
+    return f"{fn} on sample {sample_id}"
 
 
 # ----------------------------------------------------------------------------- worker process
 
 
-def _worker_main(conn, parent_pid: int) -> None:
+def _worker_main(conn, setup: dict) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # If the parent is SIGKILLed (e.g. its Ray actor is killed) while we run a hung call, nobody
-    # would ever kill us: exit when we are orphaned.
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    from rlreason.rewards import REWARDS  # slow (sympy): done once, before reporting ready
+    # A forkserver child starts with the server's path, directory and environment, not ours.
+    sys.path[:] = setup["sys_path"]
+    os.chdir(setup["cwd"])
+    os.environ.update(setup["env"])
+    # If the pool's process is SIGKILLed (e.g. its Ray actor is killed) while we run a hung call, nobody
+    # would ever kill us: exit when we are orphaned (our parent — the pool or its forkserver — is gone).
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    from rlreason.rewards.base import resolve  # slow (sympy) under spawn: done before reporting ready
 
     fns: dict[str, Any] = {}
     loop = asyncio.new_event_loop()  # one loop per worker, so async clients can be reused
@@ -64,24 +87,26 @@ def _worker_main(conn, parent_pid: int) -> None:
         if msg is None:
             return
         spec, kwargs, sample_id = msg
-        where = f"{spec} on sample {sample_id}"
         try:
             if spec not in fns:
-                fns[spec] = REWARDS.get(spec)
-                conn.send(("loaded", spec))  # importing user code does not count against the timeout
+                fn = resolve(spec, setup["sources"]).fn
+                if callable(getattr(fn, "warmup", None)):  # e.g. load an embedding model
+                    fn.warmup(**kwargs)
+                fns[spec] = fn
+                conn.send(("loaded", spec))  # importing / warming up does not count against the timeout
             value = fns[spec](**kwargs)
             if inspect.isawaitable(value):
                 value = loop.run_until_complete(value)
-            reply = ("ok", _checked(value))
+            reply = ("ok", check_value(value))
         # BaseException: sys.exit() or math-verify's TimeoutException are failures of this call too.
         except BaseException as e:  # noqa: BLE001
             timeout = isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutException"
-            text = f"{where}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+            text = f"{where(spec, sample_id)}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
             reply = ("timeout" if timeout else "error", text)
         try:
             conn.send(reply)
         except Exception as e:  # e.g. a metric value that cannot be pickled
-            conn.send(("error", f"{where}: result could not be sent back: {type(e).__name__}: {e}"))
+            conn.send(("error", f"{where(spec, sample_id)}: result could not be sent back: {type(e).__name__}: {e}"))
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -90,8 +115,14 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _checked(value: Any) -> float | dict | None:
-    """Plain, picklable values only: a float, None, or a dict with a numeric "score"."""
+def check_value(value: Any) -> Any:
+    """Plain, picklable values only: a float, None, a dict with a numeric "score", or a list of those."""
+    if isinstance(value, (list, tuple)):
+        return [_check_one(v) for v in value]
+    return _check_one(value)
+
+
+def _check_one(value: Any) -> Union[float, dict, None]:
     if value is None:
         return None
     if isinstance(value, numbers.Real):  # bool, int, float and numpy scalars
@@ -99,7 +130,15 @@ def _checked(value: Any) -> float | dict | None:
     if isinstance(value, dict) and isinstance(value.get("score"), numbers.Real):
         return {k: float(v) if isinstance(v, numbers.Real) else v for k, v in value.items()}
     raise TypeError(f"returned {type(value).__name__} {value!r:.200}; expected a float, None, or a dict "
-                    "with a numeric 'score'")
+                    "with a numeric 'score' (a list of those from a batched reward)")
+
+
+def _context():
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["rlreason.rewards"])  # no effect once this process's server runs
+        return ctx
+    return mp.get_context("spawn")
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -112,81 +151,132 @@ class _Slot:
     started: float  # when the process was started (startup deadline)
     ready: bool = False
     loaded: set = field(default_factory=set)  # fn specs this process has already resolved
-    call: int | None = None  # index of the call it is running
+    call: Optional[int] = None  # index of the call it is running
     call_start: float = 0.0
+    run_start: float = 0.0  # when the function itself started (after any import / warm-up)
     deadline: float = 0.0
 
 
 class RewardPool:
     """``num_processes`` reward worker processes; ``run`` scores calls in parallel, in order."""
 
-    def __init__(self, num_processes: int = 2, timeout_s: float = 10.0, load_timeout_s: float = 120.0):
-        if num_processes < 1 or timeout_s <= 0:
-            raise ValueError("RewardPool needs num_processes >= 1 and timeout_s > 0")
+    def __init__(self, num_processes: int = 2, timeout_s: float = 10.0, load_timeout_s: float = 120.0,
+                 extra_processes: int = 8, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.25):
+        if num_processes < 1 or timeout_s <= 0 or extra_processes < 0:
+            raise ValueError("RewardPool needs num_processes >= 1, timeout_s > 0 and extra_processes >= 0")
+        self.num_processes, self.extra_processes = num_processes, extra_processes
         self.timeout_s = timeout_s
-        self.load_timeout_s = load_timeout_s  # process start-up and first import of a reward module
-        self._ctx = mp.get_context("spawn")
+        self.load_timeout_s = load_timeout_s  # process start-up and first import / warm-up of a reward
+        self.min_stall_s = min_stall_s
+        self.sources = dict(sources or {})
+        self._typical: dict[str, float] = {}  # fn -> running mean of successful call durations
+        self._ctx = _context()
         self._slots = [self._start() for _ in range(num_processes)]
 
     def _start(self) -> _Slot:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True,
-                                 name="rlreason-reward")
+        setup = {"sys_path": list(sys.path), "cwd": os.getcwd(), "env": dict(os.environ), "sources": self.sources}
+        proc = self._ctx.Process(target=_worker_main, args=(child, setup), daemon=True, name="rlreason-reward")
         proc.start()
         child.close()  # only the worker holds it now, so its death shows as EOF here
         return _Slot(proc, parent, time.monotonic())
 
-    def _replace(self, i: int) -> None:
-        slot = self._slots[i]
+    def _stop(self, slot: _Slot) -> None:
         if slot.process.is_alive():
             slot.process.kill()  # SIGKILL: a hung call may ignore SIGTERM
         slot.process.join()
         slot.conn.close()
-        self._slots[i] = self._start()
+        self._slots.remove(slot)
+
+    # ---- scheduling ---------------------------------------------------------------------------
+
+    def _stall_after(self, fn: str) -> float:
+        """How long a call of ``fn`` may run before it counts as stalled (and an extra process starts)."""
+        typical = self._typical.get(fn)
+        if typical is None:  # nothing known yet: a slow first round must not spawn a crowd
+            return self.timeout_s / 2
+        return max(self.min_stall_s, 10.0 * typical)
+
+    def _healthy(self, slot: _Slot, calls: list[RewardCall], now: float) -> bool:
+        if slot.call is None or calls[slot.call].fn not in slot.loaded:
+            return True  # idle, starting, or importing (slow but not hung)
+        return now - slot.run_start < self._stall_after(calls[slot.call].fn)
+
+    def _grow(self, calls: list[RewardCall], pending: deque, now: float) -> None:
+        """Keep ``num_processes`` healthy processes while work is pending, up to the extra budget."""
+        healthy = sum(self._healthy(s, calls, now) for s in self._slots)
+        while pending and healthy < self.num_processes and len(self._slots) < self.num_processes + self.extra_processes:
+            self._slots.append(self._start())
+            healthy += 1
 
     def run(self, calls: list[RewardCall]) -> list[RewardOutcome]:
         """One outcome per call, in the order of ``calls``; never raises for a failing reward."""
         if not self._slots:
             raise RuntimeError("RewardPool is closed")
-        for i, slot in enumerate(self._slots):
-            if slot.call is not None:  # left running by a run() that was interrupted (Ctrl-C)
-                self._replace(i)
-        outcomes: list[RewardOutcome | None] = [None] * len(calls)
+        for slot in [s for s in self._slots if s.call is not None]:  # left by an interrupted run (Ctrl-C)
+            self._stop(slot)
+        outcomes: list[Optional[RewardOutcome]] = [None] * len(calls)
         pending = deque(range(len(calls)))
         while pending or any(s.call is not None for s in self._slots):
-            for i in range(len(self._slots)):
-                if self._slots[i].ready and self._slots[i].call is None and pending:
-                    self._dispatch(i, pending, calls, outcomes)
-            self._collect(calls, outcomes)
+            self._grow(calls, pending, time.monotonic())
+            for slot in list(self._slots):
+                if slot.ready and slot.call is None and pending:
+                    self._dispatch(slot, pending, calls, outcomes)
+            self._collect(calls, outcomes, bool(pending))
+        self._settle()
         return outcomes  # type: ignore[return-value]
 
-    def _dispatch(self, s: int, pending: deque, calls: list[RewardCall], outcomes: list) -> None:
-        slot, i = self._slots[s], pending.popleft()
+    def _settle(self) -> None:
+        """Back to ``num_processes``: close idle extras, start replacements for processes that died."""
+        for slot in self._slots[self.num_processes:]:
+            try:
+                slot.conn.send(None)
+            except (OSError, EOFError):
+                pass
+            self._stop(slot)
+        while len(self._slots) < self.num_processes:
+            self._slots.append(self._start())
+
+    def _dispatch(self, slot: _Slot, pending: deque, calls: list[RewardCall], outcomes: list) -> None:
+        i = pending.popleft()
         call = calls[i]
         try:
             slot.conn.send((call.fn, call.kwargs, call.sample_id))
-        except (OSError, EOFError):  # the idle worker died: replace it, the call waits for the next one
+        except (OSError, EOFError):  # the idle worker died: drop it, the call waits for the next one
             pending.appendleft(i)
-            self._replace(s)
+            self._stop(slot)
             return
         except Exception as e:  # arguments that cannot be pickled: the pipe is untouched
-            outcomes[i] = RewardOutcome(None, f"{call.fn} on sample {call.sample_id}: arguments cannot be "
-                                              f"sent to a worker process: {type(e).__name__}: {e}")
+            outcomes[i] = RewardOutcome(None, f"{where(call.fn, call.sample_id)}: arguments cannot be sent to a "
+                                              f"worker process: {type(e).__name__}: {e}")
             return
         now = time.monotonic()
-        slot.call, slot.call_start = i, now
-        slot.deadline = now + self.timeout_s + (0.0 if call.fn in slot.loaded else self.load_timeout_s)
+        slot.call, slot.call_start, slot.run_start = i, now, now
+        limit = call.timeout_s or self.timeout_s
+        slot.deadline = now + limit + (0.0 if call.fn in slot.loaded else self.load_timeout_s)
 
-    def _collect(self, calls: list[RewardCall], outcomes: list) -> None:
-        """Wait for the next message, death or deadline, and handle everything that happened."""
+    def _wake_at(self, calls: list[RewardCall], can_grow: bool) -> float:
+        """The next moment something must happen: a deadline, a start-up limit, or a call turning stalled."""
+        times = []
+        for s in self._slots:
+            if not s.ready:
+                times.append(s.started + self.load_timeout_s)
+            elif s.call is not None:
+                times.append(s.deadline)
+                fn = calls[s.call].fn
+                if can_grow and fn in s.loaded and len(self._slots) < self.num_processes + self.extra_processes:
+                    times.append(s.run_start + self._stall_after(fn))
+        return min(times, default=time.monotonic())
+
+    def _collect(self, calls: list[RewardCall], outcomes: list, can_grow: bool) -> None:
+        """Wait for the next message, death, deadline or stall, and handle everything that happened."""
         live = [s for s in self._slots if s.call is not None or not s.ready]
         if not live:  # nothing running (e.g. the last call's arguments could not be sent)
             return
-        deadline = min(s.deadline if s.ready else s.started + self.load_timeout_s for s in live)
         handles = [x for s in live for x in (s.conn, s.process.sentinel)]
-        wait(handles, timeout=max(0.0, deadline - time.monotonic()))
+        wait(handles, timeout=max(0.0, self._wake_at(calls, can_grow) - time.monotonic()))
         now = time.monotonic()
-        for i, slot in enumerate(self._slots):
+        for slot in list(self._slots):
             # Liveness first, then drain: whatever a dead process sent before dying is read, not lost.
             died = not slot.process.is_alive()
             try:
@@ -201,13 +291,14 @@ class RewardPool:
                     raise RuntimeError(f"reward worker process failed to start (exit code {code})")
                 if slot.call is not None:
                     self._finish(slot, calls, outcomes, now, None, f"worker process died (exit code {code})")
-                self._replace(i)
+                self._stop(slot)
             elif slot.call is not None and now >= slot.deadline:
-                what = (f"timeout after {self.timeout_s:g}s" if calls[slot.call].fn in slot.loaded else
+                call = calls[slot.call]
+                what = (f"timeout after {call.timeout_s or self.timeout_s:g}s" if call.fn in slot.loaded else
                         f"timeout after {now - slot.call_start:.3g}s while importing the reward function")
                 self._finish(slot, calls, outcomes, now, None, f"{what} (worker process killed and replaced)",
                              timed_out=True)
-                self._replace(i)
+                self._stop(slot)
             elif not slot.ready and now >= slot.started + self.load_timeout_s:
                 raise RuntimeError(f"reward worker process did not start within {self.load_timeout_s:g}s")
 
@@ -217,8 +308,11 @@ class RewardPool:
             slot.ready = True
         elif kind == "loaded":  # the timeout counts from here
             slot.loaded.add(payload)
-            slot.deadline = time.monotonic() + self.timeout_s
+            slot.run_start = time.monotonic()
+            slot.deadline = slot.run_start + (calls[slot.call].timeout_s or self.timeout_s)
         elif kind == "ok":
+            fn, took = calls[slot.call].fn, now - slot.run_start
+            self._typical[fn] = took if fn not in self._typical else 0.8 * self._typical[fn] + 0.2 * took
             self._finish(slot, calls, outcomes, now, payload, None)
         else:  # "error" / "timeout": the worker already named function and sample
             self._finish(slot, calls, outcomes, now, None, payload, timed_out=kind == "timeout", named=True)
@@ -226,9 +320,11 @@ class RewardPool:
     def _finish(self, slot, calls, outcomes, now, value, error, timed_out=False, named=False) -> None:
         call = calls[slot.call]
         if error is not None and not named:
-            error = f"{call.fn} on sample {call.sample_id}: {error}"
+            error = f"{where(call.fn, call.sample_id)}: {error}"
         outcomes[slot.call] = RewardOutcome(value, error, timed_out, now - slot.call_start)
         slot.call = None
+
+    # ---- shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop every worker process (politely, then by force); safe to call twice."""

@@ -6,7 +6,7 @@ import torch
 
 from rlreason.config.schema import RunConfig
 from rlreason.models import load_model, load_tokenizer
-from rlreason.types import GenerationRequest, RolloutBatch
+from rlreason.types import GenerationRequest, RolloutBatch, TokenScoreRequest, TokenScoreResult
 
 
 class RolloutWorker:
@@ -25,6 +25,12 @@ class RolloutWorker:
 
     def generate(self, req: GenerationRequest) -> RolloutBatch:
         return self.engine.generate(req)
+
+    def score_tokens(self, req: TokenScoreRequest) -> TokenScoreResult:
+        """Log-probs of text continuations under the current policy (model rewards, e.g. likelihood)."""
+        from rlreason.workers.scoring import continuation_logprobs
+
+        return continuation_logprobs(self.engine.model, self.engine.tokenizer, req)
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
         """Replace the policy weights (called at every step boundary); returns the new version."""

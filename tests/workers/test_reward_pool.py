@@ -43,6 +43,14 @@ def exits(**_):
 def slow_timeout(**_):
     raise TimeoutError("judge did not answer")
 
+def sometimes_hangs(*, hang=False, **_):
+    if hang:
+        time.sleep(60)
+    return 1.0
+
+def batched(*, response, **_):
+    return [1.0, {"score": 3.0, "n": len(response)}, None]
+
 async def async_reward(*, response, **_):
     await asyncio.sleep(0.01)
     return {"score": float(len(response)), "async": True}
@@ -210,3 +218,27 @@ def test_close_leaves_no_processes(user_dir):
             os.kill(pid, 0)
     with pytest.raises(RuntimeError, match="closed"):
         pool.run([RewardCall("math_verify", {}, 0)])
+
+
+def test_many_hangs_overlap_so_a_batch_loses_about_one_timeout(user_dir, tmp_path):
+    """8 hanging calls among 80 on 2 processes: extra processes take over, so the batch pays ~1 timeout, not 4."""
+    with RewardPool(num_processes=2, timeout_s=2.0, extra_processes=8) as pool:
+        slow = fn(user_dir, "sometimes_hangs")
+        pool.run([RewardCall(slow, {}, i) for i in range(4)])  # loaded, and known to be fast
+        calls = [RewardCall(slow, {"hang": i % 10 == 3}, i) for i in range(80)]
+        t0 = time.time()
+        outcomes = pool.run(calls)
+        total = time.time() - t0
+        hung = [o for i, o in enumerate(outcomes) if i % 10 == 3]
+        assert all(o.timed_out for o in hung) and all(o.value == 1.0 for i, o in enumerate(outcomes) if i % 10 != 3)
+        assert total < 2.0 + 2.0, f"{total:.1f}s: hangs queued instead of overlapping"
+        assert len(pool._slots) == 2  # extras closed when the run ended
+        assert pool.run([RewardCall(fn(user_dir, "length"), {"response": "ok"}, 0)])[0].value == 2.0
+
+
+def test_per_call_timeout_and_batched_values(pool, user_dir, tmp_path):
+    calls = [RewardCall(fn(user_dir, "hang"), {"dir": str(tmp_path), "sample": 0}, [1, 2], timeout_s=0.5),
+             RewardCall(fn(user_dir, "batched"), {"response": ["a", "bcd"]}, [3, 4])]
+    hung, batched = pool.run(calls)
+    assert hung.timed_out and "hang on samples [1, 2]: timeout after 0.5s" in hung.error
+    assert batched.value == [1.0, {"score": 3.0, "n": 2.0}, None] and batched.error is None
