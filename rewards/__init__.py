@@ -3,12 +3,15 @@
 A reward is a plain function called with keyword arguments ``prompt``, ``response``,
 ``ground_truth`` and every other column of the dataset row, plus the recipe's ``kwargs``.
 It returns a float, a dict with ``score`` (and extra metrics to log), or ``None`` for
-"not applicable". Register a built-in with ``@REWARDS.register("name")``; user functions are
-named in a recipe as ``module:function`` or ``path/to/file.py:function``.
+"not applicable". Batched (per group / per batch) and model rewards are marked with
+``batched`` / ``model_reward``; ``rewards/base.py`` describes the kinds. Register a built-in with
+``@REWARDS.register("name", kind=...)``; user functions are named in a recipe as
+``module:function``, ``path/to/file.py:function`` or an ``http://`` endpoint.
 """
 
-from rlreason.registry import Registry
+from rlreason.rewards.base import RewardRegistry, batched, model_reward  # noqa: F401
 
-REWARDS = Registry("reward", "fn(*, prompt, response, ground_truth, **columns) -> float | dict | None")
+REWARDS = RewardRegistry("reward", "fn(*, prompt, response, ground_truth, **columns) -> float | dict | None")
 
-from rlreason.rewards import math_verify  # noqa: E402,F401  (registers "math_verify")
+# Built-ins register themselves on import.
+from rlreason.rewards import format_tags, length, likelihood, math_verify, redundancy, repetition  # noqa: E402,F401
