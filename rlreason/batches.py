@@ -28,7 +28,25 @@ def score_request(rollout: RolloutBatch, prompts: list[str], rows: list[dict[str
         sample_ids=[step * 1_000_000 + i for i in range(len(g))],
         response_lengths=[int(x) for x in rollout.lengths.tolist()],
         truncated=[bool(x) for x in rollout.truncated.tolist()],
+        group_ids=g,
+        step=step,
     )
+
+
+def drop_groups(rollout: RolloutBatch, rewards: RewardResult) -> tuple[RolloutBatch, RewardResult]:
+    """Remove the groups the reward workers marked (reward.on_error=drop_group), counting what went.
+
+    A group with a failed reward call is dropped whole: scoring the rest of it against a made-up
+    value would bias its baseline. The counts travel in the result, so metrics account for every sample.
+    """
+    if rewards.drop is None or not bool(rewards.drop.any()):
+        return rollout, rewards
+    keep = (~rewards.drop).nonzero().squeeze(1)
+    kept = rewards.select(keep)
+    kept.dropped_samples = rewards.dropped_samples + int(rewards.drop.sum())
+    kept.dropped_groups = rewards.dropped_groups + int(rollout.group_index[rewards.drop].unique().numel())
+    kept.drop = None
+    return rollout.select(keep), kept
 
 
 def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult) -> TrainBatch:
@@ -107,6 +125,8 @@ def step_metrics(rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResul
         "rollout/tokens_per_s": rollout.gen_tokens / max(rollout.gen_seconds, 1e-9),
         "rollout/logprob_mismatch": float(masked_mean((lps.old_logprobs - rollout.rollout_logprobs).abs(), mask)),
         "reward/errors": float(len(rewards.errors)),
+        "reward/dropped_groups": float(rewards.dropped_groups),
+        "reward/dropped_samples": float(rewards.dropped_samples),
         "loss": stats.get("loss", math.nan),
         "pg_loss": stats.get("policy_loss", math.nan),
         "grad_norm": stats.get("grad_norm", math.nan),
@@ -117,6 +137,12 @@ def step_metrics(rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResul
         if key.endswith("_sum"):
             m[key[:-4]] = value / tokens  # token means over the step (kl, clip_frac, ...)
     return m
+
+
+def dropped_step_metrics(rewards: RewardResult) -> dict[str, float]:
+    """The metrics of a step whose every group was dropped (no update happened)."""
+    return {"reward/errors": float(len(rewards.errors)), "reward/dropped_groups": float(rewards.dropped_groups),
+            "reward/dropped_samples": float(rewards.dropped_samples)}
 
 
 def sample_rows(step: int, prompts: list[str], rollout: RolloutBatch, rewards: RewardResult,

@@ -52,7 +52,7 @@ class Trainer:
             cpus = start_ray(cfg.cluster)
         with timer("workers"):
             self.rollout = RolloutGroup(cfg, self.model_path, threads_per_actor(cfg.rollout.threads, cpus, cfg.rollout.workers))
-            self.rewards = RewardGroup(cfg)
+            self.rewards = RewardGroup(cfg, self.rollout.actors)  # rollout actors score model rewards
             self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, cfg.learner.world_size))
         self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
                          ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
@@ -69,6 +69,11 @@ class Trainer:
                                             self.sampling(), seed=cfg.trainer.seed * 100_003 + step)
         with t("score"):
             rewards = self.rewards.score(batches.score_request(rollout, prompts, rows, step))
+            rollout, rewards = batches.drop_groups(rollout, rewards)  # reward.on_error=drop_group
+        if len(rollout) == 0:  # every group dropped after reward errors: nothing to learn from this step
+            self.log.log_reward_errors(step, rewards.errors)
+            self.log.message(f"step {step}: every group was dropped after reward errors (reward_errors.jsonl)")
+            return {**batches.dropped_step_metrics(rewards), **t.metrics()}
         with t("logprobs"):
             lps = self.learners.logprobs(SequenceBatch.from_rollout(rollout))
         with t("advantages"):
@@ -81,8 +86,9 @@ class Trainer:
             metrics = batches.step_metrics(rollout, rewards, lps, batch, stats)
             self.log.log_samples(batches.sample_rows(step, prompts, rollout, rewards, rows, cfg.data.answer_key,
                                                      cfg.trainer.samples_per_step))
+            self.log.log_reward_errors(step, rewards.errors)
             for err in rewards.errors[:3]:
-                self.log.message(f"step {step}: reward error: {err}")
+                self.log.message(f"step {step}: reward error: {err.splitlines()[0]} (traceback: reward_errors.jsonl)")
         return {**metrics, **t.metrics()}
 
     def sampling(self) -> SamplingParams:

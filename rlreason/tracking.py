@@ -92,6 +92,11 @@ class RunLog:
     def log_warmup(self, row: dict[str, Any]) -> None:
         self._append("warmup.jsonl", row)
 
+    def log_reward_errors(self, step: int, errors: list[str]) -> None:
+        """Every failed reward call of a step (function, sample, traceback) to reward_errors.jsonl, whatever the loggers."""
+        for error in errors:
+            self._append("reward_errors.jsonl", {"step": step, "error": error})
+
     def message(self, text: str) -> None:
         if "console" not in self.loggers:
             return

@@ -120,21 +120,27 @@ def _check_logprob_impl(impl: str, chunk: int) -> None:
 
 
 def _check_rewards(cfg: RunConfig) -> None:
-    from rlreason.rewards import REWARDS
+    from rlreason.rewards.base import resolve
 
     _require(len(cfg.reward.functions) > 0, "reward.functions is empty: name at least one reward")
     for i, spec in enumerate(cfg.reward.functions):
         where = f"reward.functions[{i}] ({spec.name})"
         try:
-            fn = REWARDS.get(spec.name)
+            resolve(spec.name)  # imports the function here, so a typo fails before any model loads
         except RegistryError as e:
             raise ConfigError(f"{where}: {e}") from None
-        _require(callable(fn), f"{where} is not callable")
+        for column, wanted in spec.when.items():
+            values = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]
+            _require(all(isinstance(x, (str, int, float, bool)) for x in values),
+                     f"{where}.when.{column}={wanted!r}: give a value or a list of values to route rows by")
+        _require(spec.timeout_s is None or spec.timeout_s > 0, f"{where}.timeout_s must be > 0 or null")
     _require(cfg.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {cfg.reward.timeout_s}")
-    _require(cfg.reward.on_error in ("zero", "skip"),
-             f"reward.on_error={cfg.reward.on_error!r}: use 'zero' (score 0) or 'skip' (not applicable)")
+    _require(cfg.reward.on_error in ("zero", "skip", "drop_group"),
+             f"reward.on_error={cfg.reward.on_error!r}: use 'zero' (score 0), 'skip' (not applicable) or "
+             "'drop_group' (drop the prompt's group before advantages)")
     _require(cfg.reward.workers >= 1 and cfg.reward.processes >= 1,
              "reward.workers and reward.processes must be >= 1")
+    _require(cfg.reward.extra_processes >= 0, f"reward.extra_processes must be >= 0, got {cfg.reward.extra_processes}")
 
 
 def _check_trainer(cfg: RunConfig) -> None:
