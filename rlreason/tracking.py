@@ -26,6 +26,14 @@ class PhaseTimer:
         start = time.perf_counter()
         try:
             yield
+        except Exception as e:
+            # the innermost phase names where a fatal error happened (rlreason.faults.explain_failure)
+            if not hasattr(e, "rlreason_phase"):
+                try:
+                    e.rlreason_phase = phase
+                except AttributeError:  # exceptions with __slots__ cannot carry it
+                    pass
+            raise
         finally:
             self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - start
 
@@ -65,6 +73,11 @@ class RunLog:
         f = self._files[name]
         f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         f.flush()
+
+    def resumed_at(self, step: int) -> None:
+        """A run resumed from a checkpoint of ``step``: the progress bar starts there."""
+        if self._bar is not None:
+            self._bar.update(step)
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}

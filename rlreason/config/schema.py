@@ -190,6 +190,12 @@ class TrainerConfig:
     save_every: int = 0
     """Save a checkpoint every N steps (0 = only at the end when save_final)."""
     save_final: bool = False
+    keep_checkpoints: int = 0
+    """Complete checkpoints to keep, newest first (0 = all)."""
+    resume: Optional[str] = None
+    """auto (this run dir's latest complete checkpoint, if any) | a checkpoint / run directory | null."""
+    eval_every: int = 0
+    """Evaluate on the validation set (``eval.*``) every N steps, logged as eval/... (0 = never)."""
     progress: bool = True
     """Show a progress bar on the console."""
 
@@ -206,6 +212,40 @@ class ClusterConfig:
     """How long to wait for actors to be placed before failing with what is missing."""
     log_to_driver: bool = False
     """Stream actor stdout/stderr to the console (off: DeepSpeed is chatty; errors still surface)."""
+    placement: str = "none"
+    """none (actors float, ``actor_cpus`` each) | colocate (learner rank i and rollout worker i share
+    slot i) | split (learners and rollout workers on separate slots). A slot is one placement-group
+    bundle: 1 GPU when ``gpus_per_node`` > 0, else ``slot_cpus`` CPUs. Reward actors always float."""
+    nodes: int = 1
+    """Nodes the slots may span (checked against the slots needed when GPUs are used)."""
+    gpus_per_node: int = 0
+    """GPUs per node (0 = CPU slots)."""
+    slot_cpus: float = 1.0
+    """CPUs reserved by each slot (shared by the actors in it)."""
+    placement_strategy: str = "PACK"
+    """Ray placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD."""
+    max_restarts: int = 3
+    """Times a dead rollout or reward actor is restarted (its work is redone) before the run fails."""
+    dashboard: bool = False
+    """Start the Ray dashboard with a local cluster."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface the local dashboard binds to (loopback unless you open it on purpose)."""
+
+
+@dataclass
+class EvalConfig:
+    k: int = 4
+    """Samples per prompt: pass@1, pass@2, ... pass@k (unbiased estimator), maj@k and mean@k."""
+    temperature: Optional[float] = None
+    """Sampling temperature (null = rollout.temperature)."""
+    max_new_tokens: Optional[int] = None
+    """Response length limit (null = rollout.max_new_tokens)."""
+    max_prompts: int = 0
+    """Evaluate the first N prompts of the set (0 = all)."""
+    data: Optional[str] = None
+    """Prompts to evaluate, same forms as data.train (null = data.val)."""
+    output_dir: Optional[str] = None
+    """Where `rlreason eval` writes eval.json and eval.md (null = CHECKPOINT/eval)."""
 
 
 @dataclass
@@ -220,3 +260,4 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

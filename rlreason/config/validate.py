@@ -18,7 +18,7 @@ ENGINES = ("native",)
 def validate(cfg: RunConfig) -> None:
     """Raise ConfigError on the first impossible setting."""
     for check in (_check_model, _check_data, _check_rollout, _check_algorithm, _check_learner,
-                  _check_rewards, _check_trainer):
+                  _check_rewards, _check_trainer, _check_operations):
         check(cfg)
 
 
@@ -150,3 +150,17 @@ def _check_trainer(cfg: RunConfig) -> None:
     _require(not bad, f"trainer.loggers has {bad}; choose from {', '.join(LOGGERS)}")
     _require(t.sft.steps >= 0 and t.sft.batch_size >= 1, "trainer.sft.steps must be >= 0 and batch_size >= 1")
     _require(t.save_every >= 0, f"trainer.save_every must be >= 0, got {t.save_every}")
+
+
+def _check_operations(cfg: RunConfig) -> None:
+    """Checkpoints, evaluation and actor placement (rlreason.checkpoint, .evaluation, .cluster)."""
+    from rlreason.cluster import placement_problem
+
+    t, e = cfg.trainer, cfg.eval
+    _require(t.eval_every >= 0, f"trainer.eval_every must be >= 0, got {t.eval_every}")
+    _require(t.keep_checkpoints >= 0, f"trainer.keep_checkpoints must be >= 0 (0 = all), got {t.keep_checkpoints}")
+    _require(e.k >= 1, f"eval.k (samples per prompt) must be >= 1, got {e.k}")
+    _require(e.max_prompts >= 0, f"eval.max_prompts must be >= 0 (0 = all), got {e.max_prompts}")
+    _require(e.temperature is None or e.temperature >= 0, f"eval.temperature must be >= 0 or null, got {e.temperature}")
+    problem = placement_problem(cfg)
+    _require(problem is None, problem or "")

@@ -77,6 +77,7 @@ class LearnerWorker:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.betas),
                                       weight_decay=cfg.learner.weight_decay)
         self.grad_norm: Optional[float] = None
+        self._skipped = False  # set by _clip_hook when it skips a step with a non-finite gradient
         if _plain_fp32(cfg):
             optimizer.register_step_pre_hook(self._clip_hook)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -96,6 +97,12 @@ class LearnerWorker:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = self.cfg.learner.grad_clip if self.cfg.learner.grad_clip > 0 else float("inf")
         self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(self.grad_norm):
+            # AdamW leaves parameters without a gradient untouched (state included): the step is skipped,
+            # as DeepSpeed skips it in every other configuration
+            for p in params:
+                p.grad = None
+            self._skipped = True
 
     # ---- forward passes -------------------------------------------------------------------
 
@@ -138,13 +145,19 @@ class LearnerWorker:
         sums: dict[str, float] = {}
         for mb in _split_train(batch, num_micro):
             loss, stats = self._micro_loss(mb, loss_fn, kwargs, ctx, regularise=loss_name is None)
+            if not math.isfinite(stats["loss"]):
+                # a non-finite loss must not move the weights: NaN gradients make the global gradient-norm
+                # check skip the step on every rank (a local skip would desynchronise the ranks)
+                loss = loss * float("nan")
             self.engine.backward(loss * self.world_size)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
+        skipped_before, self._skipped = self.engine.skipped_steps, False
         self.engine.step()
         self.optimizer_steps += 1
         grad_norm = self.grad_norm if _plain_fp32(self.cfg) else self.engine.get_global_grad_norm()
         sums["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        sums["skipped"] = float(self._skipped or self.engine.skipped_steps > skipped_before)
         return sums
 
     def _agg_context(self, batch: TrainBatch, sft: bool) -> AggContext:
@@ -198,6 +211,21 @@ class LearnerWorker:
     @staticmethod
     def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    # ---- checkpoints (rlreason.checkpoint; every rank calls) ------------------------------------
+
+    def save_checkpoint(self, path: str) -> None:
+        """Weights, optimizer state and counters as a DeepSpeed checkpoint in ``path/deepspeed``."""
+        self.engine.save_checkpoint(path, tag="deepspeed", save_latest=False, client_state={
+            "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()})
+
+    def load_checkpoint(self, path: str) -> None:
+        loaded, client = self.engine.load_checkpoint(path, tag="deepspeed", load_optimizer_states=True,
+                                                     load_lr_scheduler_states=False)
+        if loaded is None:
+            raise RuntimeError(f"no DeepSpeed checkpoint in {path}/deepspeed")
+        self.optimizer_steps = client["optimizer_steps"]
+        torch.set_rng_state(client["torch_rng"])
 
 
 def _split(seqs: SequenceBatch, num_micro: int) -> list[SequenceBatch]:
