@@ -99,7 +99,7 @@ class RewardConfig:
     """Worker processes per reward actor (reward code runs there, with a wall-clock timeout)."""
     timeout_s: float = 10.0
     """Per-call wall-clock limit; a call over it is reported as a timeout."""
-    extra_processes: int = 8
+    extra_processes: int = 32
     """Extra processes a reward actor may start while calls look hung, so hanging calls overlap
     (a step loses about one timeout) instead of queueing behind each other."""
     on_error: str = "zero"

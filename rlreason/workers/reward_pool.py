@@ -161,7 +161,7 @@ class RewardPool:
     """``num_processes`` reward worker processes; ``run`` scores calls in parallel, in order."""
 
     def __init__(self, num_processes: int = 2, timeout_s: float = 10.0, load_timeout_s: float = 120.0,
-                 extra_processes: int = 8, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.25):
+                 extra_processes: int = 32, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.1):
         if num_processes < 1 or timeout_s <= 0 or extra_processes < 0:
             raise ValueError("RewardPool needs num_processes >= 1, timeout_s > 0 and extra_processes >= 0")
         self.num_processes, self.extra_processes = num_processes, extra_processes
@@ -195,7 +195,7 @@ class RewardPool:
         typical = self._typical.get(fn)
         if typical is None:  # nothing known yet: a slow first round must not spawn a crowd
             return self.timeout_s / 2
-        return max(self.min_stall_s, 10.0 * typical)
+        return max(self.min_stall_s, 5.0 * typical)
 
     def _healthy(self, slot: _Slot, calls: list[RewardCall], now: float) -> bool:
         if slot.call is None or calls[slot.call].fn not in slot.loaded:

@@ -231,7 +231,7 @@ def test_many_hangs_overlap_so_a_batch_loses_about_one_timeout(user_dir, tmp_pat
         total = time.time() - t0
         hung = [o for i, o in enumerate(outcomes) if i % 10 == 3]
         assert all(o.timed_out for o in hung) and all(o.value == 1.0 for i, o in enumerate(outcomes) if i % 10 != 3)
-        assert total < 2.0 + 2.0, f"{total:.1f}s: hangs queued instead of overlapping"
+        assert total < 2.0 + 3.0, f"{total:.1f}s: hangs queued instead of overlapping (a fixed pool: 8 s)"
         assert len(pool._slots) == 2  # extras closed when the run ended
         assert pool.run([RewardCall(fn(user_dir, "length"), {"response": "ok"}, 0)])[0].value == 2.0
 
