@@ -62,8 +62,6 @@ import shutil
 import sys
 from typing import Any, Optional, Protocol, runtime_checkable
 
-import torch
-
 from rlreason.tracking import _clean
 
 MANIFEST = "manifest.json"
@@ -121,6 +119,8 @@ class Checkpointer:
         final = os.path.join(self.root, f"step_{step}")
         tmp = os.path.join(self.root, f".tmp-step_{step}-{os.getpid()}")
         os.makedirs(tmp)
+        import torch
+
         state: dict[str, Any] = {"__step__": step, "__rng__": capture_rng()}
         for name, (obj, _) in self._components.items():
             if isinstance(obj, DirStateful):
@@ -171,6 +171,8 @@ class Checkpointer:
         problem = checkpoint_problem(path)
         if problem:
             raise CheckpointError(f"checkpoint {path} cannot be loaded: {problem}")
+        import torch
+
         state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
         for name, (obj, optional) in self._components.items():
             has_dir = os.path.isdir(os.path.join(path, name))
@@ -270,6 +272,8 @@ def resume_path(resume: Optional[str], run_dir: str, log=print) -> Optional[str]
 
 def capture_rng() -> dict[str, Any]:
     """The process-global RNG states (python, numpy if loaded, torch CPU and CUDA)."""
+    import torch
+
     out: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if "numpy" in sys.modules:
         out["numpy"] = sys.modules["numpy"].random.get_state()
@@ -279,6 +283,8 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "numpy" in state:

@@ -1,4 +1,4 @@
-"""The ``rlreason`` command line: train, list (submit, eval, export and plot come with their issues)."""
+"""The ``rlreason`` command line: train, submit/jobs/logs/stop, eval, export, plot, list."""
 
 from __future__ import annotations
 
@@ -8,50 +8,151 @@ import sys
 USAGE = """rlreason COMMAND [args]
 
 commands:
-  train recipe=NAME [key=value ...]   run a training job (local Ray cluster unless cluster.address is set)
-  list                                algorithms, losses, rewards and recipes, one line each
+  train recipe=NAME [key=value ...]      run a training job (local Ray cluster unless cluster.address is set)
+  submit --address URL [--no-wait] [--runtime-env FILE] recipe=NAME [key=value ...]
+                                         run the same job on a Ray cluster (Ray Jobs API); prints the job id
+  jobs [--address URL]                   jobs on the cluster
+  logs JOB [--follow] [--address URL]    a job's output
+  stop JOB [--address URL]               stop a job
+  eval recipe=NAME checkpoint=DIR [key=value ...]
+                                         pass@k, maj@k, mean@k per data source -> DIR/eval/eval.json, eval.md
+  export CHECKPOINT OUT                  a Hugging Face model dir (safetensors, config, tokenizer)
+  plot RUN_DIR [RUN_DIR ...] [-o FILE]   reward, accuracy, length, KL, entropy, speed, phase times
+  list                                   algorithms, losses, rewards, samplers, recipes, one line each
 """
 
 
-def cmd_train(args: list[str]) -> int:
-    from rlreason.config import ConfigError, load_config
+def _config(args: list[str]):
+    """Compose and validate; a ConfigError is printed and becomes exit code 2."""
+    from rlreason.config import load_config
     from rlreason.config.validate import validate
 
-    try:
-        cfg = load_config(args)
-        validate(cfg)
-    except ConfigError as e:
-        print(f"rlreason train: config error: {e}", file=sys.stderr)
-        return 2
-    from rlreason.controller import train
-    from rlreason.data.dataset import DataError
+    cfg = load_config(args)
+    validate(cfg)
+    return cfg
 
-    try:
-        run_dir = train(cfg)
-    except DataError as e:
-        print(f"rlreason train: data error: {e}", file=sys.stderr)
+
+def cmd_train(args: list[str]) -> int:
+    from rlreason.controller import train
+
+    cfg = _config(args)
+    print(f"run finished: {train(cfg)}")
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from rlreason.evaluation import evaluate_checkpoint, format_table
+
+    checkpoints = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint=")]
+    if len(checkpoints) != 1:
+        print("rlreason eval: give checkpoint=DIR (a step_N checkpoint, a run dir, or a Hugging Face model dir)",
+              file=sys.stderr)
         return 2
-    print(f"run finished: {run_dir}")
+    cfg = _config([a for a in args if not a.startswith("checkpoint=")])
+    results, out_dir = evaluate_checkpoint(cfg, checkpoints[0])
+    print(format_table(results["metrics"], results["k"]))
+    print(f"wrote {out_dir}/eval.json and eval.md")
+    return 0
+
+
+def cmd_export(args: list[str]) -> int:
+    from rlreason.export import export_checkpoint
+
+    p = argparse.ArgumentParser(prog="rlreason export", description="Checkpoint -> Hugging Face model dir.")
+    p.add_argument("checkpoint", help="a step_N checkpoint, a checkpoints/ dir or a run dir (latest)")
+    p.add_argument("out", help="output directory")
+    a = p.parse_args(args)
+    print(f"exported {export_checkpoint(a.checkpoint, a.out)}")
+    return 0
+
+
+def cmd_plot(args: list[str]) -> int:
+    from rlreason.plot import plot_runs
+
+    p = argparse.ArgumentParser(prog="rlreason plot", description="Curves of one or more runs, overlaid.")
+    p.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl)")
+    p.add_argument("-o", "--out", default="rlreason.png", help="image file (.png, .pdf, .svg)")
+    p.add_argument("--names", nargs="*", help="legend names, one per run")
+    a = p.parse_args(args)
+    print(f"wrote {plot_runs(a.runs, a.out, a.names)}")
     return 0
 
 
 def cmd_list(args: list[str]) -> int:
     from rlreason.algorithms import ADVANTAGES, POLICY_LOSSES
+    from rlreason.algorithms.aggregation import AGG_MODES
+    from rlreason.algorithms.kl import KL_ESTIMATORS
     from rlreason.config import list_recipes
     from rlreason.rewards import REWARDS
 
-    for title, registry in (("advantage estimators", ADVANTAGES), ("policy losses", POLICY_LOSSES),
-                            ("rewards", REWARDS)):
+    registries = [("advantage estimators", ADVANTAGES), ("policy losses", POLICY_LOSSES), ("rewards", REWARDS)]
+    samplers = _samplers()
+    if samplers is not None:
+        registries.append(("prompt samplers", samplers))
+    for title, registry in registries:
         print(f"{title}  [{registry.signature}]")
         for e in registry.entries():
             print(f"  {e.name:<24} {e.summary}")
+    if samplers is None:
+        from rlreason.data.sampler import PromptSampler
+        from rlreason.registry import first_line
+
+        print("prompt samplers  [data.shuffle]")
+        print(f"  {'uniform':<24} {first_line(PromptSampler.__doc__) or first_line(sys.modules[PromptSampler.__module__].__doc__)}")
+    print(f"KL estimators  [algorithm.kl_estimator]\n  {', '.join(KL_ESTIMATORS)}")
+    print(f"loss aggregation  [algorithm.agg_mode]\n  {', '.join(AGG_MODES)}")
     print("recipes  [rlreason train recipe=NAME]")
     for name, header in list_recipes().items():
         print(f"  {name:<24} {header}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "list": cmd_list}
+def _samplers():
+    """The prompt-sampler registry once one exists (rlreason.data.sampler.SAMPLERS), else None."""
+    from rlreason.data import sampler
+
+    return getattr(sampler, "SAMPLERS", None)
+
+
+def _jobs(name: str):
+    def run(args: list[str]) -> int:
+        from rlreason import jobs
+
+        return getattr(jobs, name)(args)
+
+    return run
+
+
+COMMANDS = {"train": cmd_train, "submit": _jobs("submit"), "jobs": _jobs("list_jobs"), "logs": _jobs("logs"),
+            "stop": _jobs("stop"), "eval": cmd_eval, "export": cmd_export, "plot": cmd_plot, "list": cmd_list}
+
+
+def run_command(command: str, rest: list[str]) -> int:
+    """Run one command; known failures become one clear message and an exit code, not a traceback."""
+    from rlreason.checkpoint import CheckpointError
+    from rlreason.config import ConfigError
+    from rlreason.data.dataset import DataError
+
+    try:
+        return COMMANDS[command](rest)
+    except ConfigError as e:
+        print(f"rlreason {command}: config error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"rlreason {command}: data error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"rlreason {command}: checkpoint error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from rlreason.faults import explain_failure
+        from rlreason.jobs import JobError
+
+        message = str(e) if isinstance(e, JobError) else explain_failure(e)
+        if message is None:
+            raise
+        print(f"rlreason {command}: {message}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(f"rlreason: unknown command '{command}'.{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return COMMANDS[command](rest)
+    return run_command(command, rest)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The controller: one readable RL loop on the driver, each phase named and timed.
 
-    sample -> generate -> score -> logprobs -> advantages -> update -> sync -> log
+    sample -> generate -> score -> logprobs -> advantages -> update -> sync -> log -> eval -> checkpoint
 
 Rollout, reward and learner workers are Ray actors; everything between them is a typed batch.
+Checkpoints hold every registered component's state (rlreason.checkpoint describes the
+protocol); ``trainer.resume`` restores them and the loop continues at the next step.
 Not here on purpose: asynchronous rollouts and multi-turn control flow (each would be a new
 controller file, not flags in this one).
 """
@@ -31,12 +33,15 @@ class Trainer:
         self.log = RunLog(run_dir, to_yaml(cfg), cfg.trainer.loggers, cfg.trainer.total_steps,
                           cfg.trainer.project, cfg.trainer.progress)
         self.optimizer_steps = 0
+        self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
 
     # ---- setup ------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from rlreason.cluster import start_ray, threads_per_actor
+        from rlreason.checkpoint import Checkpointer
+        from rlreason.cluster import build_placement, start_ray, threads_per_actor
+        from rlreason.export import ModelFiles
         from rlreason.workers.groups import LearnerGroup, RewardGroup, RolloutGroup
 
         cfg = self.cfg
@@ -50,10 +55,19 @@ class Trainer:
             self.sampler = PromptSampler(len(self.prompts), cfg.data.prompts_per_step, cfg.trainer.seed, cfg.data.shuffle)
         with timer("ray"):
             cpus = start_ray(cfg.cluster)
+            placement = build_placement(cfg)  # slots for learners and rollout workers (cluster.placement)
         with timer("workers"):
-            self.rollout = RolloutGroup(cfg, self.model_path, threads_per_actor(cfg.rollout.threads, cpus, cfg.rollout.workers))
+            self.rollout = RolloutGroup(cfg, self.model_path, threads_per_actor(cfg.rollout.threads, cpus, cfg.rollout.workers),
+                                        placement)
             self.rewards = RewardGroup(cfg, self.rollout.actors)  # rollout actors score model rewards
-            self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, cfg.learner.world_size))
+            self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, cfg.learner.world_size),
+                                         placement)
+        self.evaluator = self.build_evaluator()
+        # what a checkpoint holds, restored in this order (protocol: rlreason.checkpoint)
+        self.checkpointer = Checkpointer(self.run_dir, cfg.trainer.keep_checkpoints)
+        for name, component in (("trainer", self), ("sampler", self.sampler), ("learner", self.learners),
+                                ("model", ModelFiles(self.model_path))):
+            self.checkpointer.register(name, component)
         self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
                          ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
 
@@ -89,7 +103,31 @@ class Trainer:
             self.log.log_reward_errors(step, rewards.errors)
             for err in rewards.errors[:3]:
                 self.log.message(f"step {step}: reward error: {err.splitlines()[0]} (traceback: reward_errors.jsonl)")
+            metrics.update(self.fault_metrics(step, stats))
         return {**metrics, **t.metrics()}
+
+    def after_step(self, step: int, metrics: dict[str, float]) -> None:
+        """The step's last phases, eval and checkpoint (also after a step whose groups were all dropped);
+        their times join the step's row."""
+        t, tr = PhaseTimer(), self.cfg.trainer
+        with t("eval"):
+            if tr.eval_every and step % tr.eval_every == 0:
+                metrics.update({f"eval/{k}": v for k, v in self.evaluator.run(self.rollout, self.rewards, step).items()})
+        with t("checkpoint"):
+            if (tr.save_every and step % tr.save_every == 0) or (tr.save_final and step == tr.total_steps):
+                self.checkpointer.save(step, pending_row=with_phase_times(metrics, t))
+        metrics.update(with_phase_times(metrics, t))
+
+    def fault_metrics(self, step: int, stats: dict[str, float]) -> dict[str, float]:
+        """Counters of what went wrong and was survived: skipped updates, restarted actors."""
+        skipped = int(stats.get("skipped", 0))
+        if skipped:
+            self.skipped_updates += skipped
+            self.log.message(f"step {step}: non-finite loss or gradient norm; {skipped} optimizer step(s) skipped "
+                             f"({self.skipped_updates} so far)")
+        return {"update/skipped": float(skipped), "faults/skipped_updates": float(self.skipped_updates),
+                "faults/rollout_restarts": float(self.rollout.supervisor.restarts),
+                "faults/reward_restarts": float(self.rewards.supervisor.restarts)}
 
     def sampling(self) -> SamplingParams:
         r = self.cfg.rollout
@@ -111,7 +149,7 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + v
         for k in ("loss", "policy_loss", "grad_norm"):
             if k in totals:
-                totals[k] /= updates
+                totals[k] /= updates  # "skipped" stays a count
         totals["lr"] = lr_at(self.cfg, self.optimizer_steps - 1)
         return totals
 
@@ -140,15 +178,55 @@ class Trainer:
                 self.log.message(f"sft warm-up {k}/{sft.steps}: loss {stats['loss']:.4f}")
         self.sync_weights(version=0)
 
+    # ---- evaluation and checkpoints ---------------------------------------------------------
+
+    def build_evaluator(self):
+        from rlreason.data.dataset import DataError
+        from rlreason.evaluation import Evaluator
+
+        if not self.cfg.trainer.eval_every:
+            return None
+        if self.val_set is None:
+            raise DataError("trainer.eval_every > 0 but there is no validation set: set data.val "
+                            "(or trainer.eval_every=0)")
+        return Evaluator(self.cfg, self.val_set, self.tokenizer)
+
+    def resume(self) -> int:
+        """The first step to run: 1, or the step after the checkpoint ``trainer.resume`` names."""
+        from rlreason.checkpoint import resume_path
+
+        path = resume_path(self.cfg.trainer.resume, self.run_dir, self.log.message)
+        if path is None:
+            if self.cfg.trainer.resume:
+                self.log.message("trainer.resume=auto: no checkpoint in this run dir yet; starting at step 1")
+            return 1
+        step = self.checkpointer.load(path, self.log.message)
+        self.sync_weights(version=step)  # rollout workers start from the restored policy
+        self.log.resumed_at(step)
+        self.log.message(f"resumed from {path}: continuing at step {step + 1}")
+        return step + 1
+
+    def state_dict(self) -> dict:
+        """The driver's own training state (checkpoint protocol)."""
+        return {"optimizer_steps": self.optimizer_steps, "skipped_updates": self.skipped_updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer_steps, self.skipped_updates = state["optimizer_steps"], state["skipped_updates"]
+        self.generator.set_state(state["generator"])
+
     # ---- the whole run ------------------------------------------------------------------------
 
-    def fit(self, start_step: int = 1) -> str:
+    def fit(self) -> str:
         try:
             self.setup()
-            if self.cfg.trainer.sft.steps:
+            start = self.resume()
+            if self.cfg.trainer.sft.steps and start == 1:  # a resumed policy is already warmed up
                 self.sft_warmup()
-            for step in range(start_step, self.cfg.trainer.total_steps + 1):
-                self.log.log_step(step, self.step(step))
+            for step in range(start, self.cfg.trainer.total_steps + 1):
+                metrics = self.step(step)
+                self.after_step(step, metrics)
+                self.log.log_step(step, metrics)
         finally:
             self.close()
         return self.run_dir
@@ -160,6 +238,12 @@ class Trainer:
             except Exception:  # the cluster may already be gone; nothing to recover here
                 pass
         self.log.close()
+
+
+def with_phase_times(metrics: dict[str, float], timer: PhaseTimer) -> dict[str, float]:
+    """``metrics`` plus the times of ``timer``'s phases, which also count in time/step."""
+    extra = {f"time/{k}": v for k, v in timer.times.items()}
+    return {**metrics, **extra, "time/step": metrics.get("time/step", 0.0) + sum(timer.times.values())}
 
 
 def train(cfg: RunConfig, run_dir: Optional[str] = None) -> str:
