@@ -49,28 +49,40 @@ def even_chunks(n: int, parts: int) -> list[range]:
 
 
 class RolloutGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None):
+        from rlreason.cluster import Placement
+        from rlreason.faults import Supervisor
         from rlreason.workers.rollout import RolloutWorker
 
-        actor = _ray().remote(num_cpus=cfg.cluster.actor_cpus)(RolloutWorker)
-        self.actors = [actor.remote(cfg, model_path, threads) for _ in range(cfg.rollout.workers)]
+        placement = placement or Placement(cfg)
+        actor = _ray().remote(RolloutWorker)
+        self.actors = [actor.options(**placement.options("rollout", w)).remote(cfg, model_path, threads)
+                       for w in range(cfg.rollout.workers)]
         wait_ready(self.actors, "rollout", cfg.cluster.init_timeout_s)
+        self._weights = None  # (object ref, version) of the weights the workers hold, for restarted ones
+        self.supervisor = Supervisor(self.actors, "rollout", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s,
+                                     on_restart=self._catch_up)
 
     def generate(self, prompts: list[list[int]], group_sizes: list[int], sampling: SamplingParams,
                  seed: int) -> RolloutBatch:
         """Split prompts between workers (whole groups stay together) and concatenate their batches."""
-        futures = []
+        calls = []
         for w, part in enumerate(even_chunks(len(prompts), len(self.actors))):
             if len(part) == 0:
                 continue
             req = GenerationRequest([prompts[b] for b in part], [group_sizes[b] for b in part],
                                     group_offset=part.start, sampling=sampling, seed=seed * 1000 + w)
-            futures.append(self.actors[w].generate.remote(req))
-        return RolloutBatch.concat(_ray().get(futures))
+            calls.append((w, lambda a, req=req: a.generate.remote(req)))
+        return RolloutBatch.concat(self.supervisor.run(calls))  # a dead worker's share is redone
 
     def load_weights(self, state: dict, version: int) -> None:
-        ref = _ray().put(state)  # one copy in the object store, read by every worker
-        _ray().get([a.load_weights.remote(ref, version) for a in self.actors])
+        self._weights = (_ray().put(state), version)  # one copy in the object store, read by every worker
+        self.supervisor.run([(w, lambda a: a.load_weights.remote(*self._weights)) for w in range(len(self.actors))])
+
+    def _catch_up(self, w: int) -> None:
+        """A restarted worker holds the initial model: load the current weights before it works again."""
+        if self._weights is not None:
+            _ray().get(self.actors[w].load_weights.remote(*self._weights))
 
 
 class RewardGroup:
@@ -85,34 +97,42 @@ class RewardGroup:
                                 add_special_tokens=not cfg.data.chat_template,
                                 sources=read_sources([f.name for f in cfg.reward.functions]),
                                 policy=list(policy_actors or []))
-        actor = _ray().remote(num_cpus=cfg.cluster.actor_cpus)(RewardWorker)
+        from rlreason.cluster import Placement
+        from rlreason.faults import Supervisor
+
+        actor = _ray().remote(RewardWorker).options(**Placement(cfg).options("reward", 0))
         self.actors = [actor.remote(cfg.reward, cfg.data.answer_key, context) for _ in range(cfg.reward.workers)]
         wait_ready(self.actors, "reward", cfg.cluster.init_timeout_s)
+        self.supervisor = Supervisor(self.actors, "reward", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s)
 
     def score(self, req: ScoreRequest) -> RewardResult:
         """Split whole groups between the actors (group rewards see every response of a prompt)."""
         groups = list(dict.fromkeys(req.group_ids)) if req.group_ids else list(range(len(req.responses)))
-        futures = []
+        calls = []
         for w, part in enumerate(even_chunks(len(groups), len(self.actors))):
             if len(part) == 0:
                 continue
             mine = {groups[g] for g in part}
             rows = [i for i in range(len(req.responses)) if (req.group_ids[i] if req.group_ids else i) in mine]
-            futures.append(self.actors[w].score.remote(req.select(rows)))
-        return RewardResult.concat(_ray().get(futures))
+            calls.append((w, lambda a, sub=req.select(rows): a.score.remote(sub)))
+        return RewardResult.concat(self.supervisor.run(calls))  # a dead actor's share is redone
 
     def close(self) -> None:
         _ray().get([a.close.remote() for a in self.actors])
 
 
 class LearnerGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None):
+        from rlreason.cluster import Placement, master_address
         from rlreason.workers.learner import LearnerWorker
 
         world = cfg.learner.world_size
-        master = f"127.0.0.1:{free_port()}"
-        actor = _ray().remote(num_cpus=cfg.cluster.actor_cpus)(LearnerWorker)
-        self.actors = [actor.remote(cfg, model_path, rank, world, master, threads) for rank in range(world)]
+        placement = placement or Placement(cfg)
+        master = master_address(placement)  # on rank 0's node when the learners have slots
+        actor = _ray().remote(LearnerWorker)
+        self.actors = [actor.options(**placement.options("learner", rank)).remote(cfg, model_path, rank, world,
+                                                                                  master, threads)
+                       for rank in range(world)]
         wait_ready(self.actors, "learner", cfg.cluster.init_timeout_s)
         self.world = world
         self.micro = cfg.learner.micro_batch_size
@@ -135,12 +155,20 @@ class LearnerGroup:
         futures = [a.update.remote(_pad_train(batch.shard(r, self.world), rows), num_micro, lr, loss_name)
                    for r, a in enumerate(self.actors)]
         parts = _ray().get(futures)
-        out = {k: sum(p[k] for p in parts) for k in parts[0] if k != "grad_norm"}
-        out["grad_norm"] = parts[0]["grad_norm"]  # identical on every rank after the all-reduce
+        same = ("grad_norm", "skipped")  # identical on every rank after the all-reduce
+        out = {k: sum(p[k] for p in parts) for k in parts[0] if k not in same}
+        out.update({k: parts[0][k] for k in same if k in parts[0]})
         return out
 
     def state_dict(self) -> dict:
         return _ray().get([a.state_dict.remote() for a in self.actors])[0]
+
+    # checkpoint protocol (rlreason.checkpoint): every rank writes its DeepSpeed shard under ``path``
+    def save_checkpoint(self, path: str) -> None:
+        _ray().get([a.save_checkpoint.remote(path) for a in self.actors])
+
+    def load_checkpoint(self, path: str) -> None:
+        _ray().get([a.load_checkpoint.remote(path) for a in self.actors])
 
 
 def _stride(seqs: SequenceBatch, rank: int, world: int) -> SequenceBatch:
