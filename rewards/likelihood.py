@@ -72,7 +72,8 @@ def likelihood(inp: ModelRewardInput, *, variant: str = "logprob", answer_marker
     The scored text is ``answer_prefix`` (context) then the ground truth (+ ``answer_suffix`` when
     ``score_suffix``). ``answer_marker=null`` appends the answer after the whole response. A response
     without the marker gets ``floor_value`` (finite). Metrics: ``logprob`` (the sum) and ``marker``
-    (1 if the marker was found).
+    (1 if the marker was found), ``truncated`` (1 if prompt + reasoning + answer exceeded the scorer's
+    positions and the start of the context was cut).
     """
     if variant not in VARIANTS:
         raise ValueError(f"likelihood: variant={variant!r}, use one of {', '.join(VARIANTS)}")
@@ -93,9 +94,11 @@ def likelihood(inp: ModelRewardInput, *, variant: str = "logprob", answer_marker
     res = inp.scorer(contexts, continuations)
     scores = likelihood_scores(res.logprobs, res.mask, variant)
     sums = (res.logprobs.double() * res.mask).sum(-1)
+    cut = res.truncated if res.truncated is not None else torch.zeros(len(rows), dtype=torch.bool)
     for j, (i, ok) in enumerate(zip(rows, found)):
         if ok:
-            out[i] = {"score": float(scores[j]), "logprob": float(sums[j]), "marker": 1.0}
+            out[i] = {"score": float(scores[j]), "logprob": float(sums[j]), "marker": 1.0,
+                      "truncated": float(cut[j])}  # reasoning cut from the left to fit the model
         else:
             out[i] = {"score": floor_value(variant, int(res.mask[j].sum()), res.vocab_size, floor), "marker": 0.0}
     return out

@@ -194,11 +194,13 @@ class TokenScoreResult:
     logprobs: Tensor  # [n, A] float, log π(token) of continuation tokens at temperature 1, 0 on padding
     mask: Tensor  # [n, A] float, 1 on continuation tokens
     vocab_size: int = 0  # V, for floors such as -log V per token
+    truncated: Optional[Tensor] = None  # [n] bool, context cut from the left to fit the model's positions
 
     @staticmethod
     def concat(parts: list["TokenScoreResult"]) -> "TokenScoreResult":
+        cut = [p.truncated if p.truncated is not None else torch.zeros(len(p.mask), dtype=torch.bool) for p in parts]
         return TokenScoreResult(_pad_cat([p.logprobs for p in parts], 0.0), _pad_cat([p.mask for p in parts], 0.0),
-                                max(p.vocab_size for p in parts))
+                                max(p.vocab_size for p in parts), torch.cat(cut))
 
 
 @dataclass

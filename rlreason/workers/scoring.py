@@ -24,8 +24,10 @@ import torch
 from rlreason.types import TokenScoreRequest, TokenScoreResult
 
 
-def _encode(tokenizer, context: str, continuation: str, special: bool) -> tuple[list[int], int]:
-    """Token ids of context+continuation (tokenised together) and where the continuation starts.
+def _encode(tokenizer, context: str, continuation: str, special: bool,
+            max_len: Optional[int]) -> tuple[list[int], int, bool]:
+    """Token ids of context+continuation (tokenised together), where the continuation starts, and
+    whether the context was cut from the left to fit ``max_len`` positions.
 
     The start is the end of the longest common prefix with the context's own tokens: when a token
     straddles the boundary it is counted as part of the continuation.
@@ -35,7 +37,11 @@ def _encode(tokenizer, context: str, continuation: str, special: bool) -> tuple[
     k = 0
     while k < min(len(ctx), len(full)) and ctx[k] == full[k]:
         k += 1
-    return full, max(k, 1)  # the first token has no prediction; score from position 1 at the earliest
+    k = max(k, 1)  # the first token has no prediction; score from position 1 at the earliest
+    cut = len(full) - max_len if max_len and len(full) > max_len else 0
+    # Too long for the model: keep the answer and the end of the reasoning (§14 says mark such rows).
+    cut = min(cut, k - 1)
+    return full[cut:], k - cut, cut > 0
 
 
 @torch.no_grad()
@@ -43,8 +49,9 @@ def continuation_logprobs(model, tokenizer, req: TokenScoreRequest) -> TokenScor
     """log π(continuation token | everything before it) at temperature 1, batched, in request order."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    rows = [_encode(tokenizer, c, x, req.add_special_tokens) for c, x in zip(req.contexts, req.continuations)]
-    width = max((len(ids) - k for ids, k in rows), default=0)
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    rows = [_encode(tokenizer, c, x, req.add_special_tokens, max_len) for c, x in zip(req.contexts, req.continuations)]
+    width = max((len(ids) - k for ids, k, _ in rows), default=0)
     logprobs = torch.zeros(len(rows), width)
     mask = torch.zeros(len(rows), width)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths share a batch
@@ -58,7 +65,8 @@ def continuation_logprobs(model, tokenizer, req: TokenScoreRequest) -> TokenScor
             logprobs[i, :n] = lp[b, keep - n:].cpu()
             mask[i, :n] = 1.0
     vocab = getattr(model.config, "vocab_size", 0) or len(tokenizer)
-    return TokenScoreResult(logprobs=logprobs, mask=mask, vocab_size=int(vocab))
+    truncated = torch.tensor([cut for _, _, cut in rows], dtype=torch.bool)
+    return TokenScoreResult(logprobs=logprobs, mask=mask, vocab_size=int(vocab), truncated=truncated)
 
 
 def _last_logprobs(model, seqs: list[list[int]], keep: int, pad: int, device) -> torch.Tensor:

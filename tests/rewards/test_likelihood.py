@@ -88,3 +88,14 @@ def test_rollout_worker_scores_with_its_policy(tiny, tiny_model_dir):
     model, tok = tiny
     want = [independent(model, tok, p, r, a) for p, r, a in zip(PROMPTS, RESPONSES, ANSWERS[:3])]
     assert (res.logprobs.double() * res.mask).sum(-1).tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_context_longer_than_the_model_is_cut_from_the_left(tiny):
+    model, tok = tiny
+    long_ctx = "Q: 1+1 =\nA:" + " 1+1=2," * 60 + "<answer>"  # > 256 positions of the tiny model
+    res = continuation_logprobs(model, tok, TokenScoreRequest([long_ctx, "Q: 1+1 =\nA:<answer>"], ["2", "2"]))
+    assert res.truncated.tolist() == [True, False] and res.mask.sum(-1).tolist() == [1.0, 1.0]
+    ids = tok.encode(long_ctx + "2")[-model.config.max_position_embeddings:]
+    with torch.no_grad():
+        want = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -2].double(), -1)[ids[-1]].item()
+    assert res.logprobs[0, 0].item() == pytest.approx(want, abs=1e-5)
