@@ -16,6 +16,7 @@ and ``trainer.resume=auto`` continues it from the last checkpoint.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Callable, Optional
 
 
@@ -58,11 +59,18 @@ class Supervisor:
                                f"cluster.max_restarts={self.max_restarts}; last error: {error}") from error
         print(f"rlreason: {self.what} actor {w} died ({type(error).__name__}); waiting for Ray to restart it, "
               "then redoing its work", file=sys.stderr, flush=True)
-        try:
-            ray.get(self.actors[w].ready.remote(), timeout=self.timeout_s)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-            raise RuntimeError(f"{self.what} actor {w} died and did not come back within {self.timeout_s:.0f}s "
-                               f"({type(e).__name__}: {e})") from error
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                ray.get(self.actors[w].ready.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                break
+            except ray.exceptions.ActorUnavailableError:  # still restarting: its constructor runs again
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.what} actor {w} did not come back within {self.timeout_s:.0f}s") from error
+                time.sleep(0.5)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                raise RuntimeError(f"{self.what} actor {w} died and did not come back within {self.timeout_s:.0f}s "
+                                   f"({type(e).__name__}: {e})") from error
         if self.on_restart is not None:
             self.on_restart(w)
 

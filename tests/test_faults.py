@@ -1,0 +1,183 @@
+"""Faults on a real local Ray cluster: a rollout actor killed mid-run is restarted and its work redone
+(the run finishes), a NaN loss skips the update on every rank and is counted, placement slots hold
+the actors (and an infeasible request fails fast, naming what is missing); out-of-memory errors are
+explained with their phase. The run's final checkpoint exports to a Hugging Face model that holds the
+learner's live weights and generates the same tokens."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from rlreason.config import load_config
+
+TINY = ["model.builder_kwargs.hidden_size=32", "model.builder_kwargs.num_layers=1", "model.builder_kwargs.num_heads=2",
+        "model.builder_kwargs.intermediate_size=64", "data.generator_kwargs.num_train=64",
+        "data.generator_kwargs.num_val=8"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+# ---- without a cluster ---------------------------------------------------------------------------
+
+def test_out_of_memory_is_explained_with_its_phase_and_a_hint():
+    import ray.exceptions
+
+    from rlreason.faults import explain_failure
+    from rlreason.tracking import PhaseTimer
+
+    t = PhaseTimer()
+    with pytest.raises(ray.exceptions.OutOfMemoryError) as info:
+        with t("generate"):
+            raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+    msg = explain_failure(info.value)
+    assert "out of memory in phase 'generate'" in msg and "rollout.batch_size" in msg
+    # a CUDA OOM raised inside an actor arrives wrapped in a RayTaskError
+    cause = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    wrapped = ray.exceptions.RayTaskError("update", "Traceback ...", cause)
+    wrapped.rlreason_phase = "update"
+    assert "learner.micro_batch_size" in explain_failure(wrapped)
+    assert explain_failure(ValueError("a bug")) is None
+
+
+def test_placement_settings_are_checked_before_anything_starts():
+    from rlreason.cluster import placement_problem
+
+    cfg = load_config(["recipe=quickstart", "cluster.placement=split", "cluster.gpus_per_node=2",
+                       "learner.world_size=2", "rollout.workers=2"])
+    assert "needs 4 GPUs" in placement_problem(cfg)
+    cfg.cluster.nodes = 2
+    assert placement_problem(cfg) is None
+    cfg.cluster.placement = "none"
+    assert "placement=colocate or split" in placement_problem(cfg)
+
+
+# ---- on a local cluster --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_an_infeasible_placement_fails_within_its_timeout_naming_the_missing_resources(ray_local):
+    from rlreason.cluster import build_placement
+
+    cfg = load_config(["recipe=quickstart", "cluster.placement=split", "cluster.gpus_per_node=1", "cluster.nodes=2",
+                       "cluster.init_timeout_s=3"])
+    start = time.time()
+    with pytest.raises(RuntimeError) as info:
+        build_placement(cfg)
+    assert time.time() - start < 20
+    assert "GPU: needs 2" in str(info.value) and "cluster has 0" in str(info.value)
+
+
+def _nan_batch(model_dir, nan: bool):
+    from transformers import AutoTokenizer
+
+    from rlreason.batches import sft_batch
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok.encode(f"Q: {i}+1 =\nA:", add_special_tokens=False) for i in range(6)]
+    batch = sft_batch(prompts, [tok.encode(f" {i + 1}", add_special_tokens=False) for i in range(6)], tok.pad_token_id)
+    batch.advantages = torch.where(torch.arange(6) % 2 == 0, 1.0, -1.0)[:, None] * batch.seqs.response_mask
+    if nan:
+        batch.advantages[0, 0] = float("nan")
+    return batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world,stage", [(1, 0)])  # ZeRO-3 on 2 ranks: the Trainer test below
+def test_a_nan_loss_skips_the_update_on_every_rank(ray_local, tiny_model_dir, world, stage):
+    import ray
+
+    from rlreason.workers.groups import LearnerGroup
+
+    cfg = load_config(["recipe=quickstart", f"model.path={tiny_model_dir}", f"learner.world_size={world}",
+                       f"learner.zero_stage={stage}"])
+    group = LearnerGroup(cfg, tiny_model_dir, threads=1)
+    try:
+        before = group.state_dict()
+        stats = group.update(_nan_batch(tiny_model_dir, nan=True), lr=1e-2)
+        assert stats["skipped"] == 1.0 and not torch.isfinite(torch.tensor(stats["loss"]))
+        after = group.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # not a single weight moved
+        stats = group.update(_nan_batch(tiny_model_dir, nan=False), lr=1e-2)
+        assert stats["skipped"] == 0.0
+        assert any(not torch.equal(after[k], v) for k, v in group.state_dict().items())
+    finally:
+        for a in group.actors:
+            ray.kill(a)
+
+
+class FaultyTrainer:
+    """A Trainer that kills rollout worker 0 while step 2 generates, and feeds step 3 a NaN advantage."""
+
+    @staticmethod
+    def make(cfg, run_dir):
+        import ray
+
+        from rlreason.controller import Trainer
+
+        class _Faulty(Trainer):
+            killed_pid = None
+
+            def step(self, step):
+                if step == 2:
+                    get_pid = self.rollout.actors[0].__ray_call__.remote(lambda worker: os.getpid())
+                    _Faulty.killed_pid = ray.get(get_pid)
+                    threading.Timer(0.05, os.kill, (_Faulty.killed_pid, signal.SIGKILL)).start()
+                return super().step(step)
+
+            def update(self, batch):
+                if self.optimizer_steps == 2:  # the third RL step (one optimizer step each)
+                    batch.advantages[0, 0] = float("nan")
+                return super().update(batch)
+
+        return _Faulty(cfg, run_dir)
+
+
+@pytest.mark.slow
+def test_killed_rollout_actor_is_restarted_and_the_checkpoint_exports(ray_local, tmp_path):
+    import ray
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.export import export_checkpoint
+    from rlreason.tracking import read_metrics
+
+    cfg = load_config(["recipe=quickstart", *TINY, "trainer.total_steps=3", "trainer.sft.steps=1",
+                       "data.prompts_per_step=8", "rollout.n=4", "rollout.max_new_tokens=32", "learner.lr=1e-2",
+                       "learner.world_size=2", "learner.zero_stage=3", "cluster.placement=colocate",
+                       "cluster.slot_cpus=0.5", "trainer.save_final=true", "trainer.loggers=[jsonl]"])
+    trainer = FaultyTrainer.make(cfg, str(tmp_path / "run"))
+    trainer.fit()
+    rows = read_metrics(str(tmp_path / "run"))
+    assert [r["step"] for r in rows] == [1, 2, 3]  # the run did not end
+    assert rows[-1]["faults/rollout_restarts"] == 1.0
+    assert [r["update/skipped"] for r in rows] == [0.0, 0.0, 1.0] and rows[-1]["faults/skipped_updates"] == 1.0
+    # the learners and the rollout workers sat in the placement group's slots
+    pg_ids = {ray.get(a.__ray_call__.remote(lambda w: ray.util.get_current_placement_group().id.hex()))
+              for a in trainer.learners.actors + trainer.rollout.actors}
+    assert len(pg_ids) == 1 and None not in pg_ids
+
+    # export: the Hugging Face model holds exactly the learner's weights and generates the same tokens
+    live = trainer.learners.state_dict()
+    out = export_checkpoint(str(tmp_path / "run"), str(tmp_path / "hf"))
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, live[k]), k
+    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "init_model"))
+    reference.load_state_dict(live)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok(["Q: 3+4+5 =\nA:", "Q: 9+9+1 =\nA:"], return_tensors="pt", padding=True)
+    a = exported.generate(**ids, max_new_tokens=12, do_sample=False)
+    b = reference.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(a, b)
+    for actor in trainer.learners.actors + trainer.rollout.actors:
+        ray.kill(actor)
