@@ -117,6 +117,10 @@ class RewardGroup:
             calls.append((w, lambda a, sub=req.select(rows): a.score.remote(sub)))
         return RewardResult.concat(self.supervisor.run(calls))  # a dead actor's share is redone
 
+    def set_policy(self, actors: list) -> None:
+        """Point model rewards (scorer=policy) at the current rollout actors, e.g. after one was restarted."""
+        _ray().get([a.set_policy.remote(list(actors)) for a in self.actors])
+
     def close(self) -> None:
         _ray().get([a.close.remote() for a in self.actors])
 

@@ -162,6 +162,11 @@ class RewardWorker:
     def ready(self) -> bool:
         return True
 
+    def set_policy(self, actors: list) -> None:
+        """New rollout actor handles for scorer=policy (after a rollout actor was restarted)."""
+        self.context.policy = list(actors)
+        self._scorers.pop("policy", None)
+
     def score(self, req: ScoreRequest) -> RewardResult:
         n = len(req.responses)
         values: list[list[Any]] = [[None] * n for _ in self.functions]

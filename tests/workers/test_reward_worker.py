@@ -208,3 +208,14 @@ def test_fault_injection_every_step_finishes_with_every_sample_accounted_for(tmp
             assert not torch.isnan(kept.scores).any()
     finally:
         worker.close()
+
+
+def test_model_reward_without_rollout_workers_is_a_reported_failure():
+    worker = RewardWorker(RewardConfig(functions=[RewardFunctionConfig("likelihood")], processes=1), "answer")
+    try:
+        worker.set_policy([])  # what RewardGroup does after rollout actors change
+        res = worker.score(request(["<answer>42</answer>", "x"]))
+    finally:
+        worker.close()
+    assert res.scores.tolist() == [0.0, 0.0] and len(res.errors) == 1
+    assert "likelihood on samples [100, 101]: ValueError: scorer=policy needs the rollout workers" in res.errors[0]
