@@ -21,6 +21,7 @@ PANELS = [  # (title, metric, y label)
     ("Entropy", "entropy", "nats / token"),
     ("Rollout speed", "rollout/tokens_per_s", "tokens / s"),
 ]
+STYLES = ["-", "--", ":", "-."]
 PHASES = ["sample", "generate", "score", "logprobs", "advantages", "update", "sync", "log", "eval", "checkpoint"]
 
 
@@ -46,21 +47,22 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _line(ax, xs: list[int], ys: list[float], color, label: str) -> None:
+def _line(ax, xs: list[int], ys: list[float], color, label: str, style: str = "-") -> None:
     window = max(1, len(ys) // 15)
     if window > 1:
         ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
-        ax.plot(xs, smooth(ys, window), color=color, linewidth=2, label=label)
+        ax.plot(xs, smooth(ys, window), color=color, linewidth=2, linestyle=style, label=label)
     else:
-        ax.plot(xs, ys, color=color, linewidth=2, marker="o" if len(ys) < 30 else None, markersize=3, label=label)
+        ax.plot(xs, ys, color=color, linewidth=2, linestyle=style, marker="o" if len(ys) < 30 else None,
+                markersize=3, label=label)
 
 
 def _panel(ax, runs: dict[str, list[dict]], colors: dict[str, Any], title: str, key: str, ylabel: str) -> None:
     drawn = False
-    for name, rows in runs.items():
+    for i, (name, rows) in enumerate(runs.items()):
         xs, ys = series(rows, key)
-        if xs:
-            _line(ax, xs, ys, colors[name], name)
+        if xs:  # later runs dashed / dotted, so identical curves stay visible on top of each other
+            _line(ax, xs, ys, colors[name], name, STYLES[i % len(STYLES)])
             drawn = True
         if key == "correct/mean":  # evaluation accuracy on the validation set, when the run had one
             ex, ey = series(rows, "eval/pass@1")

@@ -54,3 +54,10 @@ def test_summary_by_hand_with_two_data_sources():
     assert out["math/maj@4"] == 1.0 and out["math/length"] == 8.0
     table = format_table(out, 4)
     assert "| gsm8k | 2 | 0.6250 |" in table and table.count("\n") == 4
+
+
+def test_eval_command_needs_a_checkpoint(capsys):
+    from rlreason.cli import main
+
+    assert main(["eval", "recipe=quickstart"]) == 2
+    assert "checkpoint=DIR" in capsys.readouterr().err

@@ -1,9 +1,10 @@
-"""Faults on a real local Ray cluster: a rollout actor killed mid-run is restarted and its work redone
-(the run finishes), a NaN loss skips the update on every rank and is counted, placement slots hold
+"""Faults on a real local Ray cluster: a rollout and a reward actor killed mid-run are restarted and their
+work redone (the run finishes), a NaN loss skips the update on every rank and is counted, placement slots hold
 the actors (and an infeasible request fails fast, naming what is missing); out-of-memory errors are
 explained with their phase. The run's final checkpoint exports to a Hugging Face model that holds the
-learner's live weights and generates the same tokens."""
+learner's live weights and generates the same tokens, and `rlreason eval` scores it."""
 
+import json
 import os
 import signal
 import threading
@@ -116,7 +117,8 @@ def test_a_nan_loss_skips_the_update_on_every_rank(ray_local, tiny_model_dir, wo
 
 
 class FaultyTrainer:
-    """A Trainer that kills rollout worker 0 while step 2 generates, and feeds step 3 a NaN advantage."""
+    """A Trainer that kills rollout worker 0 while step 2 generates and reward actor 0 in step 3, and feeds
+    step 3 a NaN advantage."""
 
     @staticmethod
     def make(cfg, run_dir):
@@ -125,13 +127,11 @@ class FaultyTrainer:
         from rlreason.controller import Trainer
 
         class _Faulty(Trainer):
-            killed_pid = None
-
             def step(self, step):
-                if step == 2:
-                    get_pid = self.rollout.actors[0].__ray_call__.remote(lambda worker: os.getpid())
-                    _Faulty.killed_pid = ray.get(get_pid)
-                    threading.Timer(0.05, os.kill, (_Faulty.killed_pid, signal.SIGKILL)).start()
+                if step in (2, 3):  # step 2: a rollout worker while it generates; step 3: a reward actor
+                    group = self.rollout if step == 2 else self.rewards
+                    pid = ray.get(group.actors[0].__ray_call__.remote(lambda worker: os.getpid()))
+                    threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
                 return super().step(step)
 
             def update(self, batch):
@@ -143,7 +143,7 @@ class FaultyTrainer:
 
 
 @pytest.mark.slow
-def test_killed_rollout_actor_is_restarted_and_the_checkpoint_exports(ray_local, tmp_path):
+def test_killed_actors_are_restarted_and_the_checkpoint_exports_and_evaluates(ray_local, tmp_path):
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,7 +158,7 @@ def test_killed_rollout_actor_is_restarted_and_the_checkpoint_exports(ray_local,
     trainer.fit()
     rows = read_metrics(str(tmp_path / "run"))
     assert [r["step"] for r in rows] == [1, 2, 3]  # the run did not end
-    assert rows[-1]["faults/rollout_restarts"] == 1.0
+    assert rows[-1]["faults/rollout_restarts"] == 1.0 and rows[-1]["faults/reward_restarts"] == 1.0
     assert [r["update/skipped"] for r in rows] == [0.0, 0.0, 1.0] and rows[-1]["faults/skipped_updates"] == 1.0
     # the learners and the rollout workers sat in the placement group's slots
     pg_ids = {ray.get(a.__ray_call__.remote(lambda w: ray.util.get_current_placement_group().id.hex()))
@@ -181,3 +181,16 @@ def test_killed_rollout_actor_is_restarted_and_the_checkpoint_exports(ray_local,
     assert torch.equal(a, b)
     for actor in trainer.learners.actors + trainer.rollout.actors:
         ray.kill(actor)
+
+    # rlreason eval on the checkpoint (exported again on the way): eval.json and eval.md per data source
+    from rlreason.evaluation import evaluate_checkpoint
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_3"
+    cfg = load_config(["recipe=quickstart", *TINY, "eval.k=4", "eval.max_prompts=6", "rollout.max_new_tokens=12"])
+    results, out_dir = evaluate_checkpoint(cfg, str(ckpt))
+    m = results["metrics"]
+    assert out_dir == str(ckpt / "eval") and results["step"] == 3 and m["prompts"] == 6
+    assert 0 <= m["pass@1"] <= m["pass@2"] <= m["pass@4"] <= 1 and m["mean@4"] == m["pass@1"]
+    assert m["arithmetic/prompts"] == 6 and m["length"] > 0
+    assert json.loads((ckpt / "eval" / "eval.json").read_text())["metrics"] == m
+    assert (ckpt / "eval" / "eval.md").read_text().startswith("| source | prompts | pass@1 | pass@2 | pass@4 |")
