@@ -130,11 +130,15 @@ class Checkpointer:
         torch.save(state, os.path.join(tmp, STATE_FILE))
         self._copy_logs(tmp, step, pending_row)
         _write_manifest(tmp, step)
+        stale = None
         if os.path.exists(final):  # an older save of the same step (a resumed run re-reaching it)
-            shutil.rmtree(final)
+            stale = os.path.join(self.root, f".tmp-stale-step_{step}-{os.getpid()}")
+            os.rename(final, stale)
         os.rename(tmp, final)
         _replace_file(os.path.join(self.root, LATEST), f"step_{step}\n")
-        self._prune()
+        if stale:
+            shutil.rmtree(stale, ignore_errors=True)
+        self._prune(step)
         return final
 
     def _copy_logs(self, tmp: str, step: int, pending_row: Optional[dict[str, Any]]) -> None:
@@ -157,11 +161,14 @@ class Checkpointer:
             if name.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
-    def _prune(self) -> None:
+    def _prune(self, step: int) -> None:
+        """Keep the ``keep`` newest complete checkpoints up to ``step``; later ones (left by a run that was
+        resumed from an earlier checkpoint) are not this run's history and are left alone."""
         if self.keep <= 0:
             return
-        complete = [p for p in list_checkpoints(self.root) if checkpoint_problem(p) is None]
-        for path in complete[:-self.keep]:
+        ours = [p for p in list_checkpoints(self.root)
+                if _step_of(p) <= step and checkpoint_problem(p) is None]
+        for path in ours[:-self.keep]:
             shutil.rmtree(path, ignore_errors=True)
 
     # ---- loading --------------------------------------------------------------------------------
@@ -188,6 +195,9 @@ class Checkpointer:
             if isinstance(obj, Stateful) and name in state:
                 obj.load_state_dict(state[name])
         restore_rng(state["__rng__"])
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.root):
+            # resuming an earlier checkpoint of this run: later ones belong to the abandoned future
+            _replace_file(os.path.join(self.root, LATEST), os.path.basename(os.path.abspath(path)) + "\n")
         for name in LOG_FILES:
             src = os.path.join(path, name)
             if os.path.isfile(src):
@@ -203,6 +213,10 @@ def list_checkpoints(root: str) -> list[str]:
         return []
     found = [(int(m.group(1)), name) for name in os.listdir(root) if (m := _STEP_DIR.match(name))]
     return [os.path.join(root, name) for _, name in sorted(found)]
+
+
+def _step_of(path: str) -> int:
+    return int(_STEP_DIR.match(os.path.basename(path)).group(1))
 
 
 def checkpoint_problem(path: str) -> Optional[str]:

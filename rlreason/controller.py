@@ -66,7 +66,7 @@ class Trainer:
         # what a checkpoint holds, restored in this order (protocol: rlreason.checkpoint)
         self.checkpointer = Checkpointer(self.run_dir, cfg.trainer.keep_checkpoints)
         for name, component in (("trainer", self), ("sampler", self.sampler), ("learner", self.learners),
-                                ("model", ModelFiles(self.model_path))):
+                                ("model", ModelFiles(self.model_path, cfg.model.trust_remote_code))):
             self.checkpointer.register(name, component)
         self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
                          ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))

@@ -27,11 +27,17 @@ DEEPSPEED_TAG = "deepspeed"  # LearnerWorker.save_checkpoint writes <checkpoint>
 class ModelFiles:
     """Checkpoint component: the model's non-weight files, saved into ``<checkpoint>/model``."""
 
-    def __init__(self, model_dir: str):
-        self.model_dir = model_dir
+    def __init__(self, model_dir: str, trust_remote_code: bool = False):
+        self.model_dir, self.trust_remote_code = model_dir, trust_remote_code
 
     def save_checkpoint(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(self.model_dir):  # a hub id: write what transformers reads back
+            from transformers import AutoConfig, AutoTokenizer
+
+            AutoConfig.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code).save_pretrained(path)
+            AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code).save_pretrained(path)
+            return
         for name in os.listdir(self.model_dir):
             src = os.path.join(self.model_dir, name)
             if os.path.isfile(src) and not name.endswith(WEIGHT_SUFFIXES) and name not in WEIGHT_INDEXES:
@@ -48,6 +54,13 @@ def checkpoint_dtype_and_stage(ckpt: str) -> tuple[str, int]:
     with open(os.path.join(ckpt, "config.yaml")) as f:
         cfg = yaml.safe_load(f)
     return cfg["model"]["dtype"], int(cfg["learner"]["zero_stage"])
+
+
+def _trust_remote_code(ckpt: str) -> bool:
+    import yaml
+
+    with open(os.path.join(ckpt, "config.yaml")) as f:
+        return bool(yaml.safe_load(f)["model"].get("trust_remote_code", False))
 
 
 def learner_weights(ckpt: str) -> dict[str, torch.Tensor]:
@@ -77,8 +90,9 @@ def export_checkpoint(checkpoint: str, out_dir: str) -> str:
     ckpt = resolve_checkpoint(checkpoint)
     model_files = os.path.join(ckpt, "model")
     dtype, _ = checkpoint_dtype_and_stage(ckpt)
-    config = AutoConfig.from_pretrained(model_files)
-    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    remote = _trust_remote_code(ckpt)
+    config = AutoConfig.from_pretrained(model_files, trust_remote_code=remote)
+    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=remote)
     missing, unexpected = model.load_state_dict(learner_weights(ckpt), strict=False)
     # tied weights (lm_head = embeddings) may be absent from one side; anything else is a mismatch
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
@@ -91,7 +105,7 @@ def export_checkpoint(checkpoint: str, out_dir: str) -> str:
         model.generation_config = GenerationConfig.from_pretrained(model_files)  # pad / eos as trained
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(model_files).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_files, trust_remote_code=remote).save_pretrained(out_dir)
     with open(os.path.join(out_dir, "rlreason_export.json"), "w") as f:
         json.dump({"checkpoint": ckpt, "dtype": dtype}, f, indent=1)
     return out_dir

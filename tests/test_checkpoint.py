@@ -128,11 +128,17 @@ def test_a_truncated_checkpoint_is_never_loaded_and_auto_falls_back(tmp_path):
         resume_path(bad, str(tmp_path))
 
 
-def test_keep_prunes_old_checkpoints(tmp_path):
+def test_keep_prunes_old_checkpoints_of_this_timeline(tmp_path):
     ck, _, _ = make(tmp_path, keep=2)
-    for s in (1, 2, 3):
+    for s in (1, 2, 3, 4):
         ck.save(s)
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_2", "step_3"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_3", "step_4"]
+    # resumed from step 3, the run saves step 3 again: step 4 (the abandoned future) is not pruned
+    make(tmp_path)[0].load(str(tmp_path / "checkpoints" / "step_3"))
+    assert open(tmp_path / "checkpoints" / "latest").read().strip() == "step_3"
+    ck.save(3)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_3", "step_4"]
+    assert resume_path("auto", str(tmp_path)) == str(tmp_path / "checkpoints" / "step_3")
 
 
 KILLED_MID_SAVE = textwrap.dedent("""
