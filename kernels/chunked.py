@@ -31,53 +31,67 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# Auto chunk: tokens per chunk so that one chunk's fp32 logits hold about this many elements
-# (2^21 = 8 MB). The torch rows backend keeps ~5 such buffers alive; 8 MB keeps a chunk well
-# under 1/8 of the naive path's peak from 1k tokens at vocab 32k, and large enough (64 tokens
-# at 32k) that re-reading W per chunk costs little next to the matmul.
-AUTO_CHUNK_ELEMENTS = 1 << 21
+# Auto chunk (tokens): a 16th of the tokens, so a chunk's [chunk, V] temporaries stay well under
+# 1/8 of the naive path's [N, V] ones; at least 128, because smaller matmuls run at half the
+# FLOP rate on CPU (and W, dW are re-read once per chunk), which made 64-token chunks slower
+# than the naive path; at most 2^25 logits (128 MB in fp32) per chunk, so long batches stay bounded.
+MIN_AUTO_CHUNK, MAX_CHUNK_ELEMENTS = 128, 1 << 25
 
 
-def auto_chunk(vocab: int, elements: int = AUTO_CHUNK_ELEMENTS) -> int:
-    """Tokens per chunk when the config says 0 (auto): ``elements`` logits per chunk, at least 1."""
-    return max(1, elements // max(vocab, 1))
+def auto_chunk(tokens: int, vocab: int) -> int:
+    """Tokens per chunk when the config says 0 (auto), for ``tokens`` rows of a ``vocab``-wide head."""
+    return max(MIN_AUTO_CHUNK, min(tokens // 16, MAX_CHUNK_ELEMENTS // max(vocab, 1)))
 
 
 class TorchRows:
-    """Row statistics and gradients of logits chunks in plain PyTorch (the reference backend)."""
+    """Row statistics and gradients of logits chunks in plain PyTorch (the reference backend).
+
+    Written for few passes over the [c, V] chunk (each pass is a full read/write of it, which is
+    what the CPU time goes into) and at most one [c, V] fp32 buffer besides the logits.
+    """
 
     @staticmethod
-    def fwd(logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
-        """logits [c, V], targets [c] -> log π(y) [c], H [c] or None, m [c], log s [c] (all fp32)."""
-        z = logits.float() / temperature
+    def fwd(logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool, scratch: bool = False):
+        """logits [c, V], targets [c] -> log π(y) [c], H [c] or None, m [c], log s [c] (all fp32).
+
+        ``scratch``: the logits may be overwritten (they are a recomputed temporary).
+        """
+        z = _scaled(logits, temperature, scratch)
         m = z.amax(-1, keepdim=True)
-        z.sub_(m)  # z - m, in place: one [c, V] buffer fewer
+        z.sub_(m)  # z - m
         e = z.exp()
         s = e.sum(-1)
         log_s = s.log()
         lp = z.gather(-1, targets[:, None]).squeeze(-1) - log_s
-        ent = log_s - (e.mul_(z)).sum(-1) / s if with_entropy else None
+        ent = log_s - e.mul_(z).sum(-1) / s if with_entropy else None
         return lp, ent, m.squeeze(-1), log_s
 
     @staticmethod
     def bwd(logits: Tensor, targets: Tensor, m: Tensor, log_s: Tensor, ent: Optional[Tensor],
             g_lp: Optional[Tensor], g_ent: Optional[Tensor], temperature: float, out: Tensor) -> Tensor:
         """d loss / d logits [c, V] written into ``out`` (may be ``logits`` itself) and returned."""
-        logp = logits.float() / temperature
-        logp.sub_(m[:, None]).sub_(log_s[:, None])
+        work = _scaled(logits, temperature, scratch=out is logits)
+        logp = work.sub_(m[:, None]).sub_(log_s[:, None])  # two steps: m + log s would round z - m away
         p = logp.exp()
+        g_lp = torch.zeros_like(m) if g_lp is None else g_lp
+        # ∂/∂logits = -(p/T)·(g_lp + g_H·(log p + H)) + (g_lp/T)·1[v = y], per-row factors folded
         if g_ent is not None:
-            # g_H · p · (log p + H), in place on logp
-            dz = logp.add_(ent[:, None]).mul_(p).mul_(g_ent[:, None])
-            if g_lp is not None:
-                dz.addcmul_(p, g_lp[:, None])
+            dz = logp.mul_((-g_ent / temperature)[:, None]).add_((-(g_lp + g_ent * ent) / temperature)[:, None])
+            dz.mul_(p)
         else:
-            dz = p.mul_(g_lp[:, None]) if g_lp is not None else p.zero_()
-        dz.neg_()
-        if g_lp is not None:
-            dz.scatter_add_(-1, targets[:, None], g_lp[:, None].float())
-        out.copy_(dz.div_(temperature))
-        return out
+            dz = torch.mul(p, (-g_lp / temperature)[:, None], out=logp)
+        dz.scatter_add_(-1, targets[:, None], (g_lp / temperature)[:, None])
+        return dz if dz is out else out.copy_(dz)
+
+
+def _scaled(logits: Tensor, temperature: float, scratch: bool) -> Tensor:
+    """logits / T in fp32 as a buffer the caller may overwrite: the logits themselves when ``scratch``."""
+    if logits.dtype != torch.float32:
+        z = logits.float()  # the upcast is already a new buffer
+        return z.div_(temperature) if temperature != 1.0 else z
+    if scratch:
+        return logits.div_(temperature) if temperature != 1.0 else logits
+    return logits / temperature if temperature != 1.0 else logits.clone()
 
 
 def _rows_backend(impl: str):
@@ -97,9 +111,12 @@ def _chunks(n: int, chunk: int) -> list[slice]:
     return [slice(i, i + chunk) for i in range(0, max(n, 1), chunk)]
 
 
-def _forward_chunks(ctx, rows, logits_of, targets: Tensor, temperature: float, with_entropy: bool, chunk: int):
-    """rows.fwd over token chunks (``logits_of(sl)`` builds chunk ``sl``'s logits); keeps the row stats."""
-    outs = [rows.fwd(logits_of(sl), targets[sl], temperature, with_entropy) for sl in _chunks(len(targets), chunk)]
+def _forward_chunks(ctx, rows, logits_of, targets: Tensor, temperature: float, with_entropy: bool, chunk: int,
+                    scratch: bool):
+    """rows.fwd over token chunks (``logits_of(sl)`` gives chunk ``sl``'s logits; ``scratch``: they are
+    a temporary rows.fwd may overwrite); sets what backward needs on ctx."""
+    outs = [rows.fwd(logits_of(sl), targets[sl], temperature, with_entropy, scratch)
+            for sl in _chunks(len(targets), chunk)]
     lp, ent, m, log_s = (None if outs[0][k] is None else torch.cat([o[k] for o in outs]) for k in range(4))
     ctx.temperature, ctx.chunk, ctx.rows = temperature, chunk, rows
     return lp, ent, (targets, m, log_s, ent)
@@ -122,7 +139,7 @@ class LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, with_entropy, chunk, impl):
         lp, ent, stats = _forward_chunks(ctx, _rows_backend(impl), lambda sl: hidden[sl] @ weight.T, targets,
-                                         temperature, with_entropy, chunk)
+                                         temperature, with_entropy, chunk, scratch=True)
         ctx.save_for_backward(hidden, weight, *stats)  # outputs (H) too: no reference cycle through ctx
         return lp, ent
 
@@ -153,7 +170,7 @@ class LogitsLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, temperature, with_entropy, chunk, impl):
         lp, ent, stats = _forward_chunks(ctx, _rows_backend(impl), lambda sl: logits[sl], targets, temperature,
-                                         with_entropy, chunk)
+                                         with_entropy, chunk, scratch=False)
         ctx.save_for_backward(logits, *stats)
         return lp, ent
 

@@ -60,7 +60,7 @@ def token_logprobs_entropy(logits: Tensor, targets: Tensor, temperature: float =
     lead, v = targets.shape, logits.shape[-1]
     flat = logits.reshape(-1, v)
     lp, ent = LogitsLogprobs.apply(flat, targets.reshape(-1), float(temperature), with_entropy,
-                                   chunk or auto_chunk(v), impl)
+                                   chunk or auto_chunk(flat.shape[0], v), impl)
     return lp.view(lead), None if ent is None else ent.view(lead)
 
 
@@ -78,5 +78,5 @@ def linear_logprobs_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, tem
     lead, d = targets.shape, hidden.shape[-1]
     flat = hidden.reshape(-1, d)
     lp, ent = LinearLogprobs.apply(flat, weight, targets.reshape(-1), float(temperature), with_entropy,
-                                   chunk or auto_chunk(weight.shape[0]), impl)
+                                   chunk or auto_chunk(flat.shape[0], weight.shape[0]), impl)
     return lp.view(lead), None if ent is None else ent.view(lead)

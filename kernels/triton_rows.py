@@ -117,7 +117,7 @@ class TritonRows:
     """Same contract as ``TorchRows``; the row loops run as Triton kernels."""
 
     @staticmethod
-    def fwd(logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
+    def fwd(logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool, scratch: bool = False):
         """logits [c, V], targets [c] -> log π(y) [c], H [c] or None, m [c], log s [c] (all fp32)."""
         _check(logits)
         logits = logits if logits.stride(-1) == 1 else logits.contiguous()

@@ -19,12 +19,14 @@ def tiny_llama(tied: bool, seed: int = 0):
 
 
 def batch(vocab=301, n=3, width=11, prompt=4, seed=0):
+    """Model inputs, the response tokens [n, width - prompt] and the position predicting the first."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n, width), generator=gen)
     mask = torch.ones(n, width, dtype=torch.long)
     mask[0, :2] = 0  # a left-padded prompt, as the learner sees them
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False), ids[:, prompt:], prompt - 1
+    inputs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    return inputs, ids[:, prompt:], prompt - 1
 
 
 def values_and_grads(model, impl, temperature=0.8):
