@@ -66,26 +66,30 @@ def worker(fn: str, processes: int, timeout: float, extra: int | None = None):
     return RewardWorker(cfg, answer_key="answer")
 
 
-def throughput(n: int, processes: int) -> dict:
+def throughput(n: int, processes: int, repeats: int = 3) -> dict:
     from rlreason.rewards.math_verify import math_verify
 
-    pairs = samples(n)
-    math_verify(response=pairs[0][0], ground_truth=pairs[0][1])  # imports done
-    t0 = time.perf_counter()
-    loop = [math_verify(response=r, ground_truth=g) for r, g in pairs]
-    loop_s = time.perf_counter() - t0
+    warm = samples(8 * processes, seed=9)
+    math_verify(response=warm[0][0], ground_truth=warm[0][1])  # imports done
+    loop_s, pool_s = float("inf"), float("inf")
     w = worker("math_verify", processes, 30.0)
     try:
-        w.score(request(pairs[:2 * processes]))  # every process has loaded the reward
-        t0 = time.perf_counter()
-        res = w.score(request(pairs))
-        pool_s = time.perf_counter() - t0
+        w.score(request(warm))  # every process has loaded and run the reward
+        for r in range(repeats):  # best of: the machines are shared, timings vary several-fold
+            pairs = samples(n, seed=100 + r)  # new gold answers: no parse cache helps either side
+            t0 = time.perf_counter()
+            loop = [math_verify(response=x, ground_truth=g) for x, g in pairs]
+            loop_s = min(loop_s, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            res = w.score(request(pairs))
+            pool_s = min(pool_s, time.perf_counter() - t0)
     finally:
         w.close()
     agree = sum(float(a["correct"]) == float(b) for a, b in zip(loop, res.correct.tolist()))
     return {"samples": n, "processes": processes, "loop_samples_per_s": round(n / loop_s, 1),
             "workers_samples_per_s": round(n / pool_s, 1), "speedup": round(loop_s / pool_s, 2),
-            "agree": agree == n, "cpus": os.cpu_count()}
+            "disagreements": n - agree, "errors": [e.splitlines()[0] for e in res.errors][:3],
+            "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def hang_cost(n: int, processes: int, timeout: float, frac: float, extra: int | None, path: str) -> dict:

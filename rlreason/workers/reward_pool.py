@@ -136,7 +136,9 @@ def _check_one(value: Any) -> Union[float, dict, None]:
 def _context():
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["rlreason.rewards"])  # no effect once this process's server runs
+        # "__main__" too (multiprocessing's default): children then skip re-running the main script,
+        # e.g. Ray's default_worker.py (~0.6 s each). No effect once this process's server runs.
+        ctx.set_forkserver_preload(["__main__", "rlreason.rewards"])
         return ctx
     return mp.get_context("spawn")
 
@@ -161,7 +163,7 @@ class RewardPool:
     """``num_processes`` reward worker processes; ``run`` scores calls in parallel, in order."""
 
     def __init__(self, num_processes: int = 2, timeout_s: float = 10.0, load_timeout_s: float = 120.0,
-                 extra_processes: int = 32, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.1):
+                 extra_processes: int = 32, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.2):
         if num_processes < 1 or timeout_s <= 0 or extra_processes < 0:
             raise ValueError("RewardPool needs num_processes >= 1, timeout_s > 0 and extra_processes >= 0")
         self.num_processes, self.extra_processes = num_processes, extra_processes
@@ -195,7 +197,7 @@ class RewardPool:
         typical = self._typical.get(fn)
         if typical is None:  # nothing known yet: a slow first round must not spawn a crowd
             return self.timeout_s / 2
-        return max(self.min_stall_s, 5.0 * typical)
+        return max(self.min_stall_s, 10.0 * typical)
 
     def _healthy(self, slot: _Slot, calls: list[RewardCall], now: float) -> bool:
         if slot.call is None or calls[slot.call].fn not in slot.loaded:
@@ -218,10 +220,16 @@ class RewardPool:
         outcomes: list[Optional[RewardOutcome]] = [None] * len(calls)
         pending = deque(range(len(calls)))
         while pending or any(s.call is not None for s in self._slots):
-            self._grow(calls, pending, time.monotonic())
+            now = time.monotonic()
+            self._grow(calls, pending, now)
+            # At most num_processes calls that are not stalled run at once: an extra process only
+            # stands in for a stalled one, so a slow machine (where calls merely look stalled) is
+            # never flooded with work.
+            working = sum(s.call is not None and self._healthy(s, calls, now) for s in self._slots)
             for slot in list(self._slots):
-                if slot.ready and slot.call is None and pending:
+                if slot.ready and slot.call is None and pending and working < self.num_processes:
                     self._dispatch(slot, pending, calls, outcomes)
+                    working += 1
             self._collect(calls, outcomes, bool(pending))
         self._settle()
         return outcomes  # type: ignore[return-value]
@@ -257,16 +265,16 @@ class RewardPool:
 
     def _wake_at(self, calls: list[RewardCall], can_grow: bool) -> float:
         """The next moment something must happen: a deadline, a start-up limit, or a call turning stalled."""
-        times = []
+        now, times = time.monotonic(), []
         for s in self._slots:
             if not s.ready:
                 times.append(s.started + self.load_timeout_s)
             elif s.call is not None:
                 times.append(s.deadline)
-                fn = calls[s.call].fn
-                if can_grow and fn in s.loaded and len(self._slots) < self.num_processes + self.extra_processes:
-                    times.append(s.run_start + self._stall_after(fn))
-        return min(times, default=time.monotonic())
+                stall = s.run_start + self._stall_after(calls[s.call].fn)
+                if can_grow and calls[s.call].fn in s.loaded and stall > now:  # past ones were handled
+                    times.append(stall)
+        return min(times, default=now)
 
     def _collect(self, calls: list[RewardCall], outcomes: list, can_grow: bool) -> None:
         """Wait for the next message, death, deadline or stall, and handle everything that happened."""
