@@ -1,11 +1,10 @@
-"""Quickstart task: add a few one-digit numbers with a running-sum chain of thought.
+"""Quickstart task: add 3-5 one-digit numbers with a running-sum chain of thought.
 
-``Q: 7+5+8 =\\nA:`` -> `` 7+5=12, 12+8=20 \\boxed{20}``. The SFT demonstrations come from a
-*noisy teacher* that forgets the carry (17+8 -> 15 instead of 25) with probability ``noise`` on
-every step that crosses a multiple of ten, and then carries on from its own wrong sum. The warmed-up
-model therefore imitates a systematic, input-dependent error; RL with the verifiable reward has to
-remove it. Model and tokenizer are built here from config (character-level), so nothing downloads.
-"""
+``Q: 7+5+8 =\nA:`` -> `` 7+5=12, 12+8=20 \\boxed{20}``. The SFT demonstrations come from a noisy
+teacher that drops the carry (17+8=15) on 60% of the steps that cross a ten, so the warmed-up model's
+*most likely* answer is systematically wrong, while sampling still finds the right carry often enough
+for the verifiable reward to teach it: the RL rise is an error being fixed, not just sharpening.
+Model and character tokenizer are built here from config, so nothing downloads."""
 
 from __future__ import annotations
 
@@ -30,29 +29,34 @@ def make_prompt(terms: list[int]) -> str:
     return "Q: " + "+".join(map(str, terms)) + " =\nA:"
 
 
-def teach(terms: list[int], rng: random.Random, noise: float) -> tuple[str, int, int, int]:
-    """Write the teacher's running-sum solution; return (solution, its answer, carries, slips).
+def count_carries(terms: list[int]) -> int:
+    """Steps of the correct running sum that cross a multiple of ten: the problem's difficulty."""
+    totals = [sum(terms[:i]) for i in range(1, len(terms) + 1)]
+    return sum(a // 10 != b // 10 for a, b in zip(totals, totals[1:]))
+
+
+def teach(terms: list[int], rng: random.Random, noise: float) -> tuple[str, int]:
+    """Write the teacher's running-sum solution; return (solution, the teacher's answer).
 
     On a step whose sum crosses a multiple of ten the teacher drops the carry with probability
     ``noise``; later steps continue from the (possibly wrong) running sum, so a slip propagates
     into the boxed answer exactly as a real careless solver's would.
     """
-    total, steps, carries, slips = terms[0], [], 0, 0
+    total, steps = terms[0], []
     for t in terms[1:]:
         new = total + t
-        if new // 10 != total // 10:  # a carry into the tens digit happens on this step
-            carries += 1
-            if rng.random() < noise:
-                slips += 1
-                new -= 10
+        # A carry into the tens digit happens on this step; a slip always lowers the sum by 10,
+        # so one slip is enough to make the boxed answer wrong.
+        if new // 10 != total // 10 and rng.random() < noise:
+            new -= 10
         steps.append(f"{total}+{t}={new}")
         total = new
-    return " " + ", ".join(steps) + f" {BOXED}{{{total}}}", total, carries, slips
+    return " " + ", ".join(steps) + f" {BOXED}{{{total}}}", total
 
 
 def make_row(rng: random.Random, min_terms: int, max_terms: int, noise: float) -> dict:
     terms = [rng.randint(1, 9) for _ in range(rng.randint(min_terms, max_terms))]
-    solution, teacher_answer, carries, slips = teach(terms, rng, noise)
+    solution, teacher_answer = teach(terms, rng, noise)
     answer = sum(terms)
     return {
         "prompt": make_prompt(terms),
@@ -60,7 +64,7 @@ def make_row(rng: random.Random, min_terms: int, max_terms: int, noise: float) -
         "solution": solution,
         "data_source": DATA_SOURCE,
         "num_terms": len(terms),
-        "num_carries": carries,
+        "num_carries": count_carries(terms),
         "teacher_correct": teacher_answer == answer,
     }
 
@@ -79,7 +83,7 @@ def write_dataset(
     num_val: int = 200,
     min_terms: int = 3,
     max_terms: int = 5,
-    noise: float = 0.5,
+    noise: float = 0.6,
 ) -> dict[str, str]:
     """Write train.jsonl (noisy-teacher solutions) and val.jsonl (correct solutions).
 
@@ -149,8 +153,9 @@ def build_model(
         eos_token_id=tok.eos_token_id,
         bos_token_id=None,
     )
-    torch.manual_seed(seed)  # the init is the only randomness here
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng():  # seed the init without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     os.makedirs(out_dir, exist_ok=True)
