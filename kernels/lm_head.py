@@ -90,14 +90,13 @@ def model_logprobs_entropy(model, inputs: dict, targets: Tensor, start: int, tem
     ``targets[:, j]`` (so ``start = prompt_width - 1`` for responses). ``impl``: auto | naive |
     chunked | triton (``rlreason.kernels.logprobs``); ``chunk``: tokens per chunk (0 = auto).
     """
-    head = _unwrap(model).get_output_embeddings() if hasattr(_unwrap(model), "get_output_embeddings") else None
-    device = targets.device if head is None else head.weight.device
-    impl = resolve_impl(impl, device)
+    impl = resolve_impl(impl, targets.device)  # targets live where the model runs
     t = targets.shape[1]
     if impl == "naive" or fused_head_blocker(model) is not None:
         logits = model(**inputs).logits[:, start:start + t]
         return token_logprobs_entropy(logits, targets, temperature, with_entropy, impl=impl, chunk=chunk)
     produced: list[Tensor] = []
+    head = _unwrap(model).get_output_embeddings()
     with _fused_head(head, start, targets, temperature, with_entropy, impl, chunk, produced):
         out = model(**inputs).logits
     if len(produced) != 1 or out.shape != produced[0].shape or out.data_ptr() != produced[0].data_ptr():
