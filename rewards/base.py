@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -140,8 +141,6 @@ def resolve(spec: str, sources: Optional[dict[str, str]] = None) -> Resolved:
 
 
 def _names_correct(fn: Callable) -> bool:
-    import inspect
-
     try:
         return "correct" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
