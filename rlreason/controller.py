@@ -154,7 +154,7 @@ class Trainer:
         return totals
 
     def sync_weights(self, version: int) -> None:
-        self.rollout.load_weights(self.learners.state_dict(), version)
+        self.rollout.load_weights(self.learners.policy_weights(), version)
 
     # ---- supervised warm-up -------------------------------------------------------------------
 
@@ -176,6 +176,7 @@ class Trainer:
             self.log.log_warmup({"sft_step": k, "loss": stats["loss"], "grad_norm": stats["grad_norm"]})
             if k == 1 or k == sft.steps or k % max(sft.steps // 5, 1) == 0:
                 self.log.message(f"sft warm-up {k}/{sft.steps}: loss {stats['loss']:.4f}")
+        self.learners.reset_reference()  # KL is measured against the warmed-up policy
         self.sync_weights(version=0)
 
     # ---- evaluation and checkpoints ---------------------------------------------------------

@@ -103,14 +103,14 @@ def test_a_nan_loss_skips_the_update_on_every_rank(ray_local, tiny_model_dir, wo
                        f"learner.zero_stage={stage}"])
     group = LearnerGroup(cfg, tiny_model_dir, threads=1)
     try:
-        before = group.state_dict()
+        before = group.policy_weights()
         stats = group.update(_nan_batch(tiny_model_dir, nan=True), lr=1e-2)
         assert stats["skipped"] == 1.0 and not torch.isfinite(torch.tensor(stats["loss"]))
-        after = group.state_dict()
+        after = group.policy_weights()
         assert all(torch.equal(before[k], after[k]) for k in before)  # not a single weight moved
         stats = group.update(_nan_batch(tiny_model_dir, nan=False), lr=1e-2)
         assert stats["skipped"] == 0.0
-        assert any(not torch.equal(after[k], v) for k, v in group.state_dict().items())
+        assert any(not torch.equal(after[k], v) for k, v in group.policy_weights().items())
     finally:
         for a in group.actors:
             ray.kill(a)
@@ -166,7 +166,7 @@ def test_killed_actors_are_restarted_and_the_checkpoint_exports_and_evaluates(ra
     assert len(pg_ids) == 1 and None not in pg_ids
 
     # export: the Hugging Face model holds exactly the learner's weights and generates the same tokens
-    live = trainer.learners.state_dict()
+    live = trainer.learners.policy_weights()
     out = export_checkpoint(str(tmp_path / "run"), str(tmp_path / "hf"))
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
     exported = AutoModelForCausalLM.from_pretrained(out)

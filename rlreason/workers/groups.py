@@ -166,8 +166,12 @@ class LearnerGroup:
         out.update({k: parts[0][k] for k in same if k in parts[0]})
         return out
 
-    def state_dict(self) -> dict:
-        return _ray().get([a.state_dict.remote() for a in self.actors])[0]
+    def reset_reference(self) -> None:
+        _ray().get([a.reset_reference.remote() for a in self.actors])
+
+    def policy_weights(self) -> dict:
+        """Full policy weights on the driver (for the weight sync and export)."""
+        return _ray().get([a.policy_weights.remote() for a in self.actors])[0]
 
     # checkpoint protocol (rlreason.checkpoint): every rank writes its DeepSpeed shard under ``path``
     def save_checkpoint(self, path: str) -> None:

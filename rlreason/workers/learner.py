@@ -83,6 +83,7 @@ class LearnerWorker:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         self.ref: Optional[torch.nn.Module] = None
+        self.ref_is_reset = False  # True once the reference is no longer the initial model
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.track_kl:
             self.ref = load_model(model_path, cfg.model, self.device).eval().requires_grad_(False)
         self.loss_fn = POLICY_LOSSES.get(cfg.algorithm.loss)
@@ -198,7 +199,7 @@ class LearnerWorker:
 
     # ---- weights --------------------------------------------------------------------------
 
-    def state_dict(self) -> Optional[dict[str, Tensor]]:
+    def policy_weights(self) -> Optional[dict[str, Tensor]]:
         """Full policy weights on CPU from rank 0 (every rank must call: ZeRO-3 gathers)."""
         module = self.engine.module
         if self.cfg.learner.zero_stage == 3:
@@ -212,12 +213,31 @@ class LearnerWorker:
     def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
+    def reset_reference(self) -> None:
+        """Make the reference policy a copy of the current one (after the SFT warm-up: KL is then
+        measured against the warmed-up model, as in an SFT -> RL pipeline). Every rank calls."""
+        if self.ref is None:
+            return
+        module = self.engine.module
+        if self.cfg.learner.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = self._cpu_state(module)
+        else:
+            state = self._cpu_state(module)
+        self.ref.load_state_dict(state)
+        self.ref_is_reset = True
+
     # ---- checkpoints (rlreason.checkpoint; every rank calls) ------------------------------------
 
     def save_checkpoint(self, path: str) -> None:
-        """Weights, optimizer state and counters as a DeepSpeed checkpoint in ``path/deepspeed``."""
+        """Weights, optimizer state and counters as a DeepSpeed checkpoint in ``path/deepspeed``;
+        a reference policy that is not the initial model (``reset_reference``) goes beside it."""
         self.engine.save_checkpoint(path, tag="deepspeed", save_latest=False, client_state={
             "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()})
+        if self.ref_is_reset and self.rank == 0:
+            torch.save(self._cpu_state(self.ref), os.path.join(path, "reference.pt"))
 
     def load_checkpoint(self, path: str) -> None:
         loaded, client = self.engine.load_checkpoint(path, tag="deepspeed", load_optimizer_states=True,
@@ -226,6 +246,10 @@ class LearnerWorker:
             raise RuntimeError(f"no DeepSpeed checkpoint in {path}/deepspeed")
         self.optimizer_steps = client["optimizer_steps"]
         torch.set_rng_state(client["torch_rng"])
+        ref_path = os.path.join(path, "reference.pt")
+        if self.ref is not None and os.path.isfile(ref_path):
+            self.ref.load_state_dict(torch.load(ref_path, map_location=self.device))
+            self.ref_is_reset = True
 
 
 def _split(seqs: SequenceBatch, num_micro: int) -> list[SequenceBatch]:

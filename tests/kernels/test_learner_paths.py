@@ -100,7 +100,7 @@ def zero3_update(model_dir, impl):
                                            batch.seqs.response_mask, batch.seqs.prompt_width))
         batch.old_logprobs, batch.ref_logprobs = lps.old_logprobs, lps.ref_logprobs
         stats = group.update(with_counts(batch), lr=1e-2)
-        return lps, stats, group.state_dict()
+        return lps, stats, group.policy_weights()
     finally:
         for actor in group.actors:
             ray.kill(actor)

@@ -72,7 +72,7 @@ def test_every_zero_stage_learns_with_two_learners(ray_local, tiny_model_dir, st
         rl = with_old_logprobs(group, fixed_batch(tiny_model_dir, seed=1))
         pg = [group.update(rl, lr=1e-3)["loss"] for _ in range(4)]
         assert pg[-1] < pg[0] - 0.05, pg
-        state = group.state_dict()
+        state = group.policy_weights()
         assert state is not None and all(torch.isfinite(v).all() for v in state.values())
     finally:
         kill(group)
@@ -85,7 +85,7 @@ def one_update(model_dir, world, micro, stage=0, kl=0.0):
     try:
         batch = with_old_logprobs(group, fixed_batch(model_dir, n=10))
         stats = group.update(batch, lr=1e-2)
-        return stats, group.state_dict(), batch
+        return stats, group.policy_weights(), batch
     finally:
         kill(group)
 
