@@ -18,7 +18,8 @@ def warp_logits(logits: Tensor, temperature: float, top_k: int = 0, top_p: float
     Top-p keeps the smallest set of most-likely tokens whose mass reaches ``top_p`` (the token
     that crosses the threshold is kept), applied after top-k, as HF and vLLM do.
     """
-    x = logits.float() / max(temperature, 1e-8)
+    # float64 stays float64 (the exactness tests run in it); anything narrower is computed in float32
+    x = (logits if logits.dtype == torch.float64 else logits.float()) / max(temperature, 1e-8)
     if top_k and top_k < x.shape[-1]:
         kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
