@@ -9,4 +9,5 @@ from rlreason.registry import Registry
 ADVANTAGES = Registry("advantage estimator", "fn(inp: AdvantageInput, **hparams) -> Tensor [N, T]")
 POLICY_LOSSES = Registry("policy loss", "fn(inp: LossInput, **hparams) -> LossOutput")
 
-from rlreason.algorithms import grpo, ppo_clip, sft  # noqa: E402,F401  (register entries)
+from rlreason.algorithms import (  # noqa: E402,F401  (register entries)
+    cispo, dapo, dr_grpo, drpo, gppo, grpo, grpo_passk, gspo, ppo_clip, reinforce_pp, rloo, sft)

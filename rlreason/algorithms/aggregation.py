@@ -40,11 +40,17 @@ def _seq_mean_token_sum_norm(loss: Tensor, mask: Tensor, ctx: AggContext) -> Ten
     return (loss * mask).sum() / max(denom, 1e-12)
 
 
+def _sum(loss: Tensor, mask: Tensor, ctx: AggContext) -> Tensor:
+    # for losses that normalise themselves with the step's global counts (DRPO: 1/B per prompt)
+    return (loss * mask).sum()
+
+
 AGG_MODES = {
     "token-mean": _token_mean,
     "seq-mean-token-mean": _seq_mean_token_mean,
     "seq-mean-token-sum": _seq_mean_token_sum,
     "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
+    "sum": _sum,
 }
 
 

@@ -22,6 +22,9 @@ class AdvantageInput:
     correct: Tensor  # [N] float, verifier outcome 1/0, NaN where none ran
     old_logprobs: Optional[Tensor] = None  # [N, T] log π_old (no grad)
     ref_logprobs: Optional[Tensor] = None  # [N, T] log π_ref (no grad), None without a reference model
+    # [N, T] β·k1(lp_old, lp_ref) per token when the KL is in the reward (algorithm.kl_in_reward), else None;
+    # sequence-level estimators subtract its row sum from R, token-level ones (REINFORCE++) each token
+    kl_penalty: Optional[Tensor] = None
 
 
 @dataclass
@@ -35,6 +38,12 @@ class LossInput:
     group_index: Tensor  # [n] long
     ref_logprobs: Optional[Tensor] = None  # [n, T] log π_ref or None
     entropy: Optional[Tensor] = None  # [n, T] token entropy at the sampling temperature (carries grad) or None
+    global_tokens: float = 0.0  # Σ response_mask over the whole optimizer step (all ranks, all micro-batches)
+    global_groups: float = 0.0  # B: prompts in the optimizer step, for losses normalised per prompt (DRPO)
+    max_response_length: int = 0  # rollout.max_new_tokens: C of length rewards (0: use the width T)
+    # sums over the whole optimizer step that the loss asked for with the ``step_sums`` trait
+    # (computed by the learner in a no-grad pass before the backward one), e.g. DRPO's global KL
+    step_sums: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

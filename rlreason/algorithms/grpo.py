@@ -11,6 +11,7 @@ from torch import Tensor
 from rlreason.algorithms import ADVANTAGES
 from rlreason.algorithms.base import AdvantageInput
 from rlreason.algorithms.group_stats import group_stats
+from rlreason.algorithms.kl_reward import sequence_rewards
 
 
 @ADVANTAGES.register("grpo", needs_groups=True)
@@ -26,11 +27,12 @@ def grpo(
 
     norm_by_std=False gives Dr. GRPO's advantage (R - mean). All-equal groups get exactly 0;
     singleton groups get 0 (``singleton="zero"``) or their raw reward (``"raw"``, verl parity);
-    NaN rewards get 0 and are left out of the group statistics.
+    NaN rewards get 0 and are left out of the group statistics. With the KL in the reward
+    (``inp.kl_penalty``), R_i is the reward minus the response's summed penalty, as in verl.
     """
     if singleton not in ("zero", "raw"):
         raise ValueError(f"grpo: singleton must be 'zero' or 'raw', got {singleton!r}")
-    r = inp.rewards.float()
+    r = sequence_rewards(inp)
     stats = group_stats(r, inp.group_index, ddof=std_ddof)
     centred = r - stats.mean
     adv = centred / (stats.std + eps) if norm_by_std else centred

@@ -49,3 +49,52 @@ def test_split_invariance_values_and_gradients(mode, micro, world):
     (g_split,) = torch.autograd.grad(total, x)
     assert total.item() == pytest.approx(full.item(), rel=1e-6)
     assert torch.allclose(g_split, g_full, atol=1e-7)
+
+
+def split_total(fn, n, world, micro):
+    """Σ over ranks (strided shards, as the learner group) and micro-batches of fn(rows)."""
+    total = 0.0
+    for rank in range(world):
+        rows = torch.arange(rank, n, world)
+        for idx in rows.tensor_split(micro) if len(rows) >= micro else [rows]:
+            total = total + fn(idx)
+    return total
+
+
+def _row_local_losses():
+    from rlreason.algorithms import POLICY_LOSSES
+
+    return [n for n in POLICY_LOSSES.names() if not POLICY_LOSSES.entry(n).traits.get("keep_groups")]
+
+
+@pytest.mark.parametrize("name", _row_local_losses())
+@pytest.mark.parametrize("mode", [m for m in AGG_MODES if m != "sum"])
+@pytest.mark.parametrize("world,micro", [(2, 3), (3, 1)])
+def test_every_loss_in_every_mode_is_split_invariant(case_factory, name, mode, world, micro):
+    """Every registered loss (DRPO, which needs whole groups, has its own test) and every mode."""
+    from rlreason.algorithms import POLICY_LOSSES
+
+    case = case_factory(0)
+    fn = POLICY_LOSSES.get(name)
+    ctx = ctx_for(case.mask, mode, constant=float(case.mask.shape[1]))
+    contribution = lambda rows: aggregate(fn(case.loss_input(rows)).token_loss, case.mask[rows], ctx)  # noqa: E731
+    full = contribution(torch.arange(len(case.mask)))
+    (g_full,) = torch.autograd.grad(full, case.lp)
+    total = split_total(contribution, len(case.mask), world, micro)
+    (g_split,) = torch.autograd.grad(total, case.lp)
+    assert total.item() == pytest.approx(full.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(g_split, g_full, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [m for m in AGG_MODES if m != "sum"])
+def test_sft_term_on_correct_responses_uses_their_own_counts(case_factory, mode):
+    """algorithm.sft_coef's term: Agg(−lp) over the correct responses, with their global counts."""
+    case = case_factory(1)
+    sub = case.mask * (case.correct == 1).float()[:, None]
+    tokens, seqs, _ = global_counts(sub)
+    ctx = AggContext(mode, tokens, seqs, seqs, float(case.mask.shape[1]))
+    term = lambda rows: aggregate(-case.lp[rows], sub[rows], ctx)  # noqa: E731
+    full = term(torch.arange(len(sub)))
+    if mode == "token-mean":  # Klear: the mean NLL of the correct responses' tokens
+        assert full.item() == pytest.approx((-case.lp * sub).sum().item() / sub.sum().item(), rel=1e-6)
+    assert split_total(term, len(sub), 2, 2).item() == pytest.approx(full.item(), rel=1e-6)
