@@ -10,9 +10,10 @@ from typing import Any, Optional
 
 import torch
 
-from rlreason.algorithms import ADVANTAGES
+from rlreason.algorithms import ADVANTAGES, POLICY_LOSSES
 from rlreason.algorithms.aggregation import global_counts, masked_mean
 from rlreason.algorithms.base import AdvantageInput
+from rlreason.algorithms.kl_reward import kl_penalty
 from rlreason.config.schema import RunConfig
 from rlreason.rollout.native import left_pad
 from rlreason.types import LogprobResult, RewardResult, RolloutBatch, ScoreRequest, SequenceBatch, TrainBatch
@@ -53,9 +54,14 @@ def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lp
     """Advantages from the registered estimator, packed with everything the learner needs."""
     a = cfg.algorithm
     mask = rollout.response_mask
+    penalty = (kl_penalty(lps.old_logprobs, lps.ref_logprobs, mask, a.kl_coef)
+               if a.kl_in_reward and lps.ref_logprobs is not None else None)  # KL in the reward (§0.3)
     inp = AdvantageInput(rewards=rewards.scores, group_index=rollout.group_index, response_mask=mask,
-                         correct=rewards.correct, old_logprobs=lps.old_logprobs, ref_logprobs=lps.ref_logprobs)
+                         correct=rewards.correct, old_logprobs=lps.old_logprobs, ref_logprobs=lps.ref_logprobs,
+                         kl_penalty=penalty)
     advantages = ADVANTAGES.get(a.advantage)(inp, **a.advantage_kwargs) * mask
+    if a.adv_clip is not None:  # a post-transform of any estimator (GDRO clips to ±5, §17.10)
+        advantages = advantages.clamp(-a.adv_clip, a.adv_clip)
     return with_counts(TrainBatch(
         seqs=SequenceBatch.from_rollout(rollout),
         advantages=advantages,
@@ -65,6 +71,7 @@ def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lp
         rewards=rewards.scores,
         correct=rewards.correct,
         group_index=rollout.group_index,
+        keep_groups=bool(POLICY_LOSSES.entry(a.loss).traits.get("keep_groups")),
     ), count_empty_seqs=a.count_empty_seqs)
 
 
@@ -80,6 +87,11 @@ def mini_batches(batch: TrainBatch, parts: int, generator: torch.Generator, coun
     """Split a step's batch into ``parts`` shuffled optimizer steps, each with its own global counts."""
     if parts == 1:
         return [batch]
+    if batch.keep_groups:  # whole groups per mini-batch: the loss couples a prompt's responses (DRPO)
+        groups = batch.group_index.unique()
+        order = groups[torch.randperm(len(groups), generator=generator)]
+        return [with_counts(batch.rows(torch.isin(batch.group_index, part).nonzero().squeeze(1)), count_empty_seqs)
+                for part in order.tensor_split(parts)]
     order = torch.randperm(len(batch), generator=generator)
     return [with_counts(batch.rows(idx), count_empty_seqs) for idx in order.tensor_split(parts)]
 

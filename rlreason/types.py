@@ -272,6 +272,7 @@ class TrainBatch:
     global_seqs: float = 0.0  # number of sequences with at least one loss token
     global_rows: float = 0.0  # number of sequences, fully masked ones included
     global_groups: float = 0.0  # number of prompts in the step
+    keep_groups: bool = False  # split only at group boundaries (the loss couples a prompt's responses: DRPO)
 
     def __len__(self) -> int:
         return self.seqs.input_ids.shape[0]

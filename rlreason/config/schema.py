@@ -132,6 +132,15 @@ class AlgorithmConfig:
     """Load the reference model even when kl_coef = 0, to log ``kl``."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (loss -= coef · Agg(H))."""
+    kl_in_reward: bool = False
+    """Put the KL to the reference in the reward instead of the loss: each token's reward loses
+    kl_coef · k1(lp_old, lp_ref) (no gradient; REINFORCE++, RLOO, PPO-RLHF). Sequence-level
+    estimators subtract the response's sum from R; the KL loss term is then off."""
+    adv_clip: Optional[float] = None
+    """Clip advantages to [-adv_clip, adv_clip] after the estimator (GDRO: 5); null = off."""
+    sft_coef: float = 0.0
+    """SFT term on correct rollouts (Klear-Reasoner, 0.1): loss += coef · Agg(-log π) over the responses
+    the verifier marked correct, aggregated like the policy loss with those responses' own counts."""
 
 
 @dataclass

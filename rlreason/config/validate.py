@@ -79,6 +79,7 @@ def _check_algorithm(cfg: RunConfig) -> None:
             f"algorithm.advantage={a.advantage!r} compares responses within a prompt's group, but "
             f"rollout.n={cfg.rollout.n}: every advantage would be 0 and nothing would be learned. "
             "Set rollout.n >= 2 (GRPO papers use 8-64), or pick an estimator without a group baseline.")
+    _check_loss_traits(cfg, loss)
     _require(a.agg_mode in AGG_MODES, f"algorithm.agg_mode={a.agg_mode!r}: valid modes are {', '.join(AGG_MODES)}")
     _require(a.sum_norm_divide_by in ("N*C", "C"),
              f"algorithm.sum_norm_divide_by={a.sum_norm_divide_by!r}: use 'N*C' (paper, TRL) or 'C' (verl)")
@@ -87,6 +88,24 @@ def _check_algorithm(cfg: RunConfig) -> None:
     _require(a.kl_coef >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
     _require(a.agg_constant is None or a.agg_constant > 0,
              f"algorithm.agg_constant must be > 0 or null, got {a.agg_constant}")
+    _require(not a.kl_in_reward or a.kl_coef > 0,
+             "algorithm.kl_in_reward=true puts kl_coef · k1 in the reward, but algorithm.kl_coef=0: "
+             "set kl_coef > 0 (REINFORCE++: 0.001) or kl_in_reward=false")
+    _require(a.adv_clip is None or a.adv_clip > 0, f"algorithm.adv_clip must be > 0 or null, got {a.adv_clip}")
+    _require(a.sft_coef >= 0, f"algorithm.sft_coef must be >= 0, got {a.sft_coef}")
+
+
+def _check_loss_traits(cfg: RunConfig, loss) -> None:
+    """What a policy loss declares about its batches (registry traits), checked against the run."""
+    name = cfg.algorithm.loss
+    if loss.traits.get("needs_groups") and cfg.rollout.n < 2:
+        raise ConfigError(f"algorithm.loss={name!r} compares the responses of a prompt, but rollout.n="
+                          f"{cfg.rollout.n}: set rollout.n >= 2 (DRPO uses 8)")
+    if loss.traits.get("keep_groups"):
+        _require(cfg.learner.updates_per_step <= cfg.data.prompts_per_step,
+                 f"algorithm.loss={name!r} keeps each prompt's responses in one mini-batch, so "
+                 f"learner.updates_per_step={cfg.learner.updates_per_step} cannot exceed data.prompts_per_step="
+                 f"{cfg.data.prompts_per_step}")
 
 
 def _check_learner(cfg: RunConfig) -> None:

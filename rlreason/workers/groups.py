@@ -157,9 +157,14 @@ class LearnerGroup:
 
     def update(self, batch: TrainBatch, lr: float, loss_name: str | None = None) -> dict[str, float]:
         """One optimizer step on ``batch`` (whose global counts are already set); summed stats."""
-        rows, num_micro = self._plan(len(batch))
-        futures = [a.update.remote(_pad_train(batch.shard(r, self.world), rows), num_micro, lr, loss_name)
-                   for r, a in enumerate(self.actors)]
+        if batch.keep_groups:  # the loss couples a prompt's responses: whole groups per micro-batch
+            from rlreason.workers.group_split import group_shards
+
+            shards = group_shards(batch, self.world, self.micro)  # (shard, micro-batch sizes) per rank
+        else:
+            rows, num_micro = self._plan(len(batch))
+            shards = [(_pad_train(batch.shard(r, self.world), rows), num_micro) for r in range(self.world)]
+        futures = [a.update.remote(shard, micro, lr, loss_name) for a, (shard, micro) in zip(self.actors, shards)]
         parts = _ray().get(futures)
         same = ("grad_norm", "skipped")  # identical on every rank after the all-reduce
         out = {k: sum(p[k] for p in parts) for k in parts[0] if k not in same}

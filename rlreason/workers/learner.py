@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -86,7 +87,7 @@ class LearnerWorker:
         self.ref_is_reset = False  # True once the reference is no longer the initial model
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.track_kl:
             self.ref = load_model(model_path, cfg.model, self.device).eval().requires_grad_(False)
-        self.loss_fn = POLICY_LOSSES.get(cfg.algorithm.loss)
+        POLICY_LOSSES.entry(cfg.algorithm.loss)  # fail here, naming the loss, if it does not resolve
         self.temperature = logprob_temperature(cfg.rollout.temperature)
         self.optimizer_steps = 0
 
@@ -132,20 +133,25 @@ class LearnerWorker:
 
     # ---- one optimizer step ---------------------------------------------------------------
 
-    def update(self, batch: TrainBatch, num_micro: int, lr: float, loss_name: Optional[str] = None) -> dict:
-        """Accumulate gradients over ``num_micro`` micro-batches of this rank's shard, then step.
+    def update(self, batch: TrainBatch, num_micro: Union[int, list[int]], lr: float,
+               loss_name: Optional[str] = None) -> dict:
+        """Accumulate gradients over the micro-batches of this rank's shard, then step.
 
-        Returns sums over this rank (the controller adds ranks and divides by global counts).
+        ``num_micro``: a number of near-equal micro-batches, or the row count of each (group-aligned
+        shards, rlreason.workers.group_split). Returns sums over this rank (the controller adds ranks
+        and divides by global counts).
         """
         self.engine.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_fn = POLICY_LOSSES.get(loss_name) if loss_name else self.loss_fn
+        entry = POLICY_LOSSES.entry(loss_name or self.cfg.algorithm.loss)
         kwargs = {} if loss_name else dict(self.cfg.algorithm.loss_kwargs)
         ctx = self._agg_context(batch, sft=loss_name is not None)
+        parts = _split_train(batch, num_micro)
+        terms = self._step_terms(parts, entry, kwargs, ctx, regularise=loss_name is None)
         sums: dict[str, float] = {}
-        for mb in _split_train(batch, num_micro):
-            loss, stats = self._micro_loss(mb, loss_fn, kwargs, ctx, regularise=loss_name is None)
+        for mb in parts:
+            loss, stats = self._micro_loss(mb, entry.fn, kwargs, ctx, loss_name is None, terms)
             if not math.isfinite(stats["loss"]):
                 # a non-finite loss must not move the weights: NaN gradients make the global gradient-norm
                 # check skip the step on every rank (a local skip would desynchronise the ranks)
@@ -170,28 +176,77 @@ class LearnerWorker:
             sum_norm_divide_by=a.sum_norm_divide_by,
         )
 
-    def _micro_loss(self, mb: TrainBatch, loss_fn, kwargs: dict, ctx: AggContext, regularise: bool):
+    def _step_terms(self, parts: list[TrainBatch], entry, kwargs: dict, ctx: AggContext, regularise: bool) -> "StepTerms":
+        """What the step's micro-batches share, from the loss's registry traits and the switches."""
+        sums = self._step_sums(parts, entry.traits["step_sums"], kwargs) if "step_sums" in entry.traits else {}
+        correct = self._correct_context(parts, ctx) if regularise and self.cfg.algorithm.sft_coef > 0 else None
+        return StepTerms(replace(ctx, mode=entry.traits.get("agg_mode", ctx.mode)), sums, correct)
+
+    @torch.no_grad()
+    def _step_sums(self, parts: list[TrainBatch], fn, kwargs: dict) -> dict[str, float]:
+        """A loss's ``step_sums`` trait over every micro-batch of every rank, at the current weights.
+
+        One no-grad forward per micro-batch before the backward pass: the price of a statistic of the
+        whole step (DRPO's KL) that the loss needs before any gradient, exactly and split-invariant.
+        """
+        self.engine.eval()
+        totals: dict[str, Tensor] = {}
+        for mb in parts:
+            lp, _ = self._forward(self.engine, mb.seqs, with_entropy=False)
+            for k, v in fn(self._loss_input(mb, lp, None), **kwargs).items():
+                totals[k] = totals.get(k, 0.0) + v.detach().double()
+        self.engine.train()
+        keys = sorted(totals)  # the same order on every rank
+        return dict(zip(keys, self._all_reduce([totals[k] for k in keys])))
+
+    def _correct_context(self, parts: list[TrainBatch], ctx: AggContext) -> AggContext:
+        """``ctx`` with the counts of the correct responses (the SFT term's denominators), over all ranks."""
+        tokens, seqs = 0.0, 0.0
+        for mb in parts:
+            m = mb.seqs.response_mask * (mb.correct == 1).to(mb.seqs.response_mask.dtype)[:, None]
+            tokens, seqs = tokens + m.sum(), seqs + (m.sum(-1) > 0).sum()
+        tokens, seqs = self._all_reduce([torch.as_tensor(tokens), torch.as_tensor(seqs)])
+        return replace(ctx, global_tokens=tokens, global_seqs=seqs, global_rows=seqs)
+
+    def _all_reduce(self, values: list[Tensor]) -> list[float]:
+        """Sums over the learner ranks (every rank must call, with the same number of values)."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).to(self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(t)
+        return t.cpu().tolist()
+
+    def _loss_input(self, mb: TrainBatch, lp: Tensor, ent: Optional[Tensor], step_sums=None) -> LossInput:
+        dev = self.device
+        return LossInput(
+            logprobs=lp, old_logprobs=mb.old_logprobs.to(dev), advantages=mb.advantages.to(dev),
+            response_mask=mb.seqs.response_mask.to(dev), rewards=mb.rewards.to(dev), correct=mb.correct.to(dev),
+            group_index=mb.group_index.to(dev), ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(dev),
+            entropy=ent, global_tokens=mb.global_tokens, global_groups=mb.global_groups,
+            max_response_length=self.cfg.rollout.max_new_tokens, step_sums=dict(step_sums or {}),
+        )
+
+    def _micro_loss(self, mb: TrainBatch, loss_fn, kwargs: dict, ctx: AggContext, regularise: bool,
+                    terms: "StepTerms"):
         a = self.cfg.algorithm
         mask = mb.seqs.response_mask.to(self.device)
         need_entropy = regularise and a.entropy_coef != 0
         lp, ent = self._forward(self.engine, mb.seqs, with_entropy=need_entropy)
-        ref = mb.ref_logprobs.to(self.device) if mb.ref_logprobs is not None else None
-        inp = LossInput(
-            logprobs=lp, old_logprobs=mb.old_logprobs.to(self.device), advantages=mb.advantages.to(self.device),
-            response_mask=mask, rewards=mb.rewards, correct=mb.correct, group_index=mb.group_index,
-            ref_logprobs=ref, entropy=ent,
-        )
+        inp = self._loss_input(mb, lp, ent, terms.step_sums)
+        ref = inp.ref_logprobs
         out = loss_fn(inp, **kwargs)
-        policy_loss = aggregate(out.token_loss, mask, ctx)
+        policy_loss = aggregate(out.token_loss, mask, terms.policy_ctx)
         loss = policy_loss
         stats = {"policy_loss": policy_loss.item(), "tokens": mask.sum().item()}
         if regularise and ref is not None:
             kl = KL_ESTIMATORS[a.kl_estimator](lp, ref)
-            if a.kl_coef > 0:
+            if a.kl_coef > 0 and not a.kl_in_reward:  # with kl_in_reward the KL went into the advantages
                 loss = loss + a.kl_coef * aggregate(kl, mask, ctx)
             stats["kl_sum"] = (kl.detach() * mask).sum().item()
         if need_entropy:
             loss = loss - a.entropy_coef * aggregate(ent, mask, ctx)
+        if terms.correct_ctx is not None:  # SFT term on correct rollouts (Klear-Reasoner, algorithms.md §9)
+            correct = (inp.correct == 1).to(mask.dtype)[:, None]
+            loss = loss + a.sft_coef * aggregate(-lp, mask * correct, terms.correct_ctx)
         for name, value in out.token_metrics.items():
             stats[f"{name}_sum"] = (value.detach().float() * mask).sum().item()
         stats["loss"] = loss.item()
@@ -258,5 +313,17 @@ def _split(seqs: SequenceBatch, num_micro: int) -> list[SequenceBatch]:
             for idx in torch.arange(len(seqs)).tensor_split(num_micro)]
 
 
-def _split_train(batch: TrainBatch, num_micro: int) -> list[TrainBatch]:
-    return [batch.rows(idx) for idx in torch.arange(len(batch)).tensor_split(num_micro)]
+def _split_train(batch: TrainBatch, num_micro: Union[int, list[int]]) -> list[TrainBatch]:
+    """``num_micro`` near-equal slices, or consecutive slices of the given row counts."""
+    rows = torch.arange(len(batch))
+    parts = rows.split(num_micro) if isinstance(num_micro, list) else rows.tensor_split(num_micro)
+    return [batch.rows(idx) for idx in parts]
+
+
+@dataclass
+class StepTerms:
+    """What every micro-batch of one optimizer step shares besides its rows (see ``_step_terms``)."""
+
+    policy_ctx: AggContext  # aggregation of the policy loss: its ``agg_mode`` trait, else algorithm.agg_mode
+    step_sums: dict[str, float]  # the loss's ``step_sums`` trait summed over the step ({} without one)
+    correct_ctx: Optional[AggContext]  # counts of the correct responses for algorithm.sft_coef (None: off)
