@@ -50,8 +50,12 @@ def drop_groups(rollout: RolloutBatch, rewards: RewardResult) -> tuple[RolloutBa
     return rollout.select(keep), kept
 
 
-def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult) -> TrainBatch:
-    """Advantages from the registered estimator, packed with everything the learner needs."""
+def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult,
+                weights: Optional[torch.Tensor] = None) -> TrainBatch:
+    """Advantages from the registered estimator, packed with everything the learner needs.
+
+    ``weights`` [N]: the prompt sampler's multipliers of each response's advantages (Prompt-GDRO), or None.
+    """
     a = cfg.algorithm
     mask = rollout.response_mask
     penalty = (kl_penalty(lps.old_logprobs, lps.ref_logprobs, mask, a.kl_coef)
@@ -62,6 +66,8 @@ def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lp
     advantages = ADVANTAGES.get(a.advantage)(inp, **a.advantage_kwargs) * mask
     if a.adv_clip is not None:  # a post-transform of any estimator (GDRO clips to ±5, §17.10)
         advantages = advantages.clamp(-a.adv_clip, a.adv_clip)
+    if weights is not None:
+        advantages = advantages * weights.to(advantages.dtype)[:, None]
     return with_counts(TrainBatch(
         seqs=SequenceBatch.from_rollout(rollout),
         advantages=advantages,
@@ -132,7 +138,7 @@ def step_metrics(rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResul
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
         "truncated/frac": float(rollout.truncated.float().mean()),
-        "advantage/abs_mean": float(masked_mean(batch.advantages.abs(), mask)),
+        "advantage/abs_mean": float(masked_mean(batch.advantages.abs(), batch.seqs.response_mask)),
         "entropy": float(masked_mean(lps.entropy, mask)),
         "rollout/tokens_per_s": rollout.gen_tokens / max(rollout.gen_seconds, 1e-9),
         "rollout/logprob_mismatch": float(masked_mean((lps.old_logprobs - rollout.rollout_logprobs).abs(), mask)),

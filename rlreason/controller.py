@@ -1,6 +1,9 @@
 """The controller: one readable RL loop on the driver, each phase named and timed.
 
-    sample -> generate -> score -> logprobs -> advantages -> update -> sync -> log -> eval -> checkpoint
+    sample -> generate -> score -> shape -> filter -> logprobs -> advantages -> update -> observe -> sync
+           -> log -> eval -> checkpoint
+
+The first five repeat as generation rounds when dynamic sampling refills the batch (``collect``).
 
 Rollout, reward and learner workers are Ray actors; everything between them is a typed batch.
 Checkpoints hold every registered component's state (rlreason.checkpoint describes the
@@ -19,10 +22,14 @@ import torch
 from rlreason import batches
 from rlreason.config import RunConfig, to_yaml
 from rlreason.data.dataset import check_columns, encode_prompt, format_prompt, resolve_data
-from rlreason.data.sampler import PromptSampler
+from rlreason.data.sampler import PromptSampler, build_sampler
 from rlreason.models import load_tokenizer, resolve_model_path
+from rlreason.sampling.base import Groups, SamplerContext, StepOutcome
+from rlreason.sampling.budget import apply_token_budget
+from rlreason.sampling.dot import build_shaper
+from rlreason.sampling.dynamic import build_dynamic_sampling
 from rlreason.tracking import PhaseTimer, RunLog
-from rlreason.types import SamplingParams, SequenceBatch
+from rlreason.types import RolloutBatch, SamplingParams, SequenceBatch
 from rlreason.workers.learner import lr_at
 
 
@@ -52,7 +59,12 @@ class Trainer:
             self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_path, cfg.model.trust_remote_code)
             self.prompts = [format_prompt(r, cfg.data, self.tokenizer) for r in self.train_set.rows]
             self.prompt_ids = [encode_prompt(p, cfg.data, self.tokenizer) for p in self.prompts]
-            self.sampler = PromptSampler(len(self.prompts), cfg.data.prompts_per_step, cfg.trainer.seed, cfg.data.shuffle)
+            s = cfg.sampling
+            self.sampler = build_sampler(s.sampler, SamplerContext(len(self.prompts), cfg.data.prompts_per_step,
+                                                                   cfg.rollout.n, cfg.trainer.seed, cfg.data.shuffle),
+                                         s.sampler_kwargs)
+            self.dynamic = build_dynamic_sampling(s.dynamic, cfg.data.prompts_per_step)
+            self.shaper = build_shaper(s, self.tokenizer)
         with timer("ray"):
             cpus = start_ray(cfg.cluster)
             placement = build_placement(cfg)  # slots for learners and rollout workers (cluster.placement)
@@ -68,6 +80,7 @@ class Trainer:
         for name, component in (("trainer", self), ("sampler", self.sampler), ("learner", self.learners),
                                 ("model", ModelFiles(self.model_path, cfg.model.trust_remote_code))):
             self.checkpointer.register(name, component)
+        self.checkpointer.register("dynamic_sampling", self.dynamic, optional=True)  # predictive: survival rates
         self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
                          ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
 
@@ -75,25 +88,24 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         cfg, t = self.cfg, PhaseTimer()
-        with t("sample"):
-            idx = self.sampler.next()
-            prompts, rows = [self.prompts[i] for i in idx], [self.train_set.rows[i] for i in idx]
-        with t("generate"):
-            rollout = self.rollout.generate([self.prompt_ids[i] for i in idx], [cfg.rollout.n] * len(idx),
-                                            self.sampling(), seed=cfg.trainer.seed * 100_003 + step)
-        with t("score"):
-            rewards = self.rewards.score(batches.score_request(rollout, prompts, rows, step))
-            rollout, rewards = batches.drop_groups(rollout, rewards)  # reward.on_error=drop_group
-        if len(rollout) == 0:  # every group dropped after reward errors: nothing to learn from this step
+        groups = self.collect(step, t)
+        rollout, rewards = groups.rollout, groups.rewards
+        prompts, rows = [self.prompts[u] for u in groups.uids], [self.train_set.rows[u] for u in groups.uids]
+        if len(groups) == 0:  # reward errors or dynamic sampling left no group: nothing to learn this step
             self.log.log_reward_errors(step, rewards.errors)
-            self.log.message(f"step {step}: every group was dropped after reward errors (reward_errors.jsonl)")
-            return {**batches.dropped_step_metrics(rewards), **t.metrics()}
+            filtered = groups.stats.get("sampling/groups_filtered", 0)
+            self.log.message(f"step {step}: no group left to train on ({filtered:.0f} filtered by dynamic sampling; "
+                             "reward errors, if any, in reward_errors.jsonl)")
+            return {**batches.dropped_step_metrics(rewards), **groups.stats, **t.metrics()}
         with t("logprobs"):
             lps = self.learners.logprobs(SequenceBatch.from_rollout(rollout))
         with t("advantages"):
-            batch = batches.train_batch(cfg, rollout, rewards, lps)
-        with t("update"):
-            stats = self.update(batch)
+            batch = batches.train_batch(cfg, rollout, rewards, lps, self.sampler.weights(groups))
+        with t("update"):  # C3PO (sampling.token_budget): exactly Φ of the batch's tokens
+            stats = self.update(apply_token_budget(batch, cfg.sampling, self.generator, cfg.algorithm.count_empty_seqs))
+        with t("observe"):  # the sampler learns from the step (GDRO: per-response loss after the update)
+            updated = lambda: self.learners.logprobs(batch.seqs).old_logprobs  # noqa: E731 (run only if asked)
+            self.sampler.observe(StepOutcome(step, groups, batch, updated))
         with t("sync"):
             self.sync_weights(version=step)
         with t("log"):
@@ -104,7 +116,35 @@ class Trainer:
             for err in rewards.errors[:3]:
                 self.log.message(f"step {step}: reward error: {err.splitlines()[0]} (traceback: reward_errors.jsonl)")
             metrics.update(self.fault_metrics(step, stats))
+            metrics.update({**groups.stats, **self.sampler.metrics()})
         return {**metrics, **t.metrics()}
+
+    def collect(self, step: int, t: PhaseTimer) -> Groups:
+        """Generation rounds until the step's batch is full: one round of data.prompts_per_step prompts,
+        unless dynamic sampling (sampling.dynamic) filters groups out and draws again."""
+        pool = self.dynamic.pool()
+        while pool.wants_more():
+            with t("sample"):
+                draw = self.sampler.next(step, pool.prompts_wanted())  # prompts and a group size for each
+            with t("generate"):
+                seed = self.cfg.trainer.seed * 100_003 + step + 10_000_019 * pool.rounds
+                rollout = self.rollout.generate([self.prompt_ids[i] for i in draw.indices], draw.group_sizes,
+                                                self.sampling(), seed=seed)
+            with t("score"):
+                groups = self.score(step, rollout, draw.indices)
+            with t("shape"):  # DOT truncates length outliers and re-scores them, before the filter sees them
+                groups = self.shaper(groups, lambda r, uids: self.score(step, r, uids))
+            with t("filter"):  # the sampler sees every scored group (GDRO's pass@k); the filter keeps some
+                self.sampler.scored(groups)
+                pool.add(groups)
+        return pool.result()
+
+    def score(self, step: int, rollout: RolloutBatch, uids: list[int]) -> Groups:
+        """Rewards of one round; groups the reward workers marked (reward.on_error=drop_group) leave."""
+        prompts, rows = [self.prompts[u] for u in uids], [self.train_set.rows[u] for u in uids]
+        rewards = self.rewards.score(batches.score_request(rollout, prompts, rows, step))
+        rollout, rewards = batches.drop_groups(rollout, rewards)
+        return Groups(rollout, rewards, list(uids)).compact()
 
     def after_step(self, step: int, metrics: dict[str, float]) -> None:
         """The step's last phases, eval and checkpoint (also after a step whose groups were all dropped);

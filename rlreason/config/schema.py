@@ -144,6 +144,60 @@ class AlgorithmConfig:
 
 
 @dataclass
+class DynamicSamplingConfig:
+    mode: str = "off"
+    """off | dapo: drop groups whose metric is constant and draw more prompts until
+    data.prompts_per_step groups survive (DAPO, algorithms.md §3.2) | predictive: one round whose size
+    is predicted from recent survival rates, every surviving group trained on (DOT's PDS, §12.5)."""
+    metric: str = "correct"
+    """What must vary within a group for it to be kept: correct (the verifier's verdict, DAPO's acc)
+    or reward (the summed reward, e.g. with length terms)."""
+    oversample: float = 1.0
+    """dapo: prompts drawn per round = ceil(oversample × data.prompts_per_step) (verl's
+    gen_batch_size / train_batch_size)."""
+    max_rounds: int = 4
+    """dapo: generation rounds per step before giving up (verl's max_num_gen_batches; <= 0 = unlimited)."""
+    on_exhausted: str = "train"
+    """dapo, when max_rounds did not fill the batch: train on the groups kept so far ("train"), or
+    stop the run ("error", what verl does). No group kept at all skips the step either way."""
+    window: int = 20
+    """predictive: steps of survival rates remembered."""
+    initial_factor: float = 1.5
+    """predictive: prompts drawn at the first step, as a multiple of data.prompts_per_step."""
+    min_factor: float = 1.2
+    max_factor: float = 5.0
+    """predictive: bounds of the factor (1/mean p)(1 + std p); max_factor also when mean p = 0."""
+
+
+@dataclass
+class OutlierTruncationConfig:
+    enable: bool = False
+    """DOT (algorithms.md §12.5): in groups whose success rate reaches ``success_rate``, cut responses
+    longer than T = floor(mean + alpha·std) of the group's lengths to T tokens, then re-score them."""
+    alpha: float = 3.0
+    margin: float = 32.0
+    """Only cut when L - T >= margin tokens (a value in (0, 1): max(int(L·margin), 16) tokens)."""
+    success_rate: float = 1.0
+    """Groups at or above this share of correct responses are eligible (1.0 = all correct)."""
+
+
+@dataclass
+class SamplingConfig:
+    sampler: str = "uniform"
+    """Prompt sampler (``rlreason list``): uniform | gdro (Prompt-GDRO advantage reweighting) |
+    rollout_gdro (responses per prompt from a shadow-priced budget) | 'module:Class'."""
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    dynamic: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    dot: OutlierTruncationConfig = field(default_factory=OutlierTruncationConfig)
+    token_budget: int = 0
+    """C3PO (algorithms.md §12.6): train each step on exactly this many response tokens (the response
+    crossing the budget is cut; later ones are not trained on this step). 0 = off. Pair it with
+    algorithm.agg_mode=seq-mean-token-sum-norm, sum_norm_divide_by=C, agg_constant=token_budget."""
+    token_selection: str = "random"
+    """Order responses enter the token budget: random | fifo (as generated)."""
+
+
+@dataclass
 class LearnerConfig:
     world_size: int = 1
     """DeepSpeed data-parallel learner actors."""
@@ -266,6 +320,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

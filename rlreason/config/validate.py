@@ -18,7 +18,7 @@ ENGINES = ("native",)
 def validate(cfg: RunConfig) -> None:
     """Raise ConfigError on the first impossible setting."""
     for check in (_check_model, _check_data, _check_rollout, _check_algorithm, _check_learner,
-                  _check_rewards, _check_trainer, _check_operations):
+                  _check_rewards, _check_trainer, _check_operations, _check_sampling):
         check(cfg)
 
 
@@ -183,3 +183,48 @@ def _check_operations(cfg: RunConfig) -> None:
     _require(e.temperature is None or e.temperature >= 0, f"eval.temperature must be >= 0 or null, got {e.temperature}")
     problem = placement_problem(cfg)
     _require(problem is None, problem or "")
+
+
+def _check_sampling(cfg: RunConfig) -> None:
+    """Prompt sampler, dynamic sampling, DOT and the C3PO token budget (rlreason.sampling)."""
+    from rlreason.data.sampler import SAMPLERS
+    from rlreason.sampling.base import SamplerContext
+    from rlreason.sampling.dynamic import DYNAMIC_MODES
+
+    s, d = cfg.sampling, cfg.sampling.dynamic
+    try:
+        entry = SAMPLERS.entry(s.sampler)
+        check_kwargs(entry.fn, s.sampler_kwargs, "sampling.sampler_kwargs")
+        # built once on a stand-in dataset, so a bad value (edges, arms) fails here, not after the model loads
+        entry.fn(SamplerContext(1, cfg.data.prompts_per_step, cfg.rollout.n, cfg.trainer.seed), **s.sampler_kwargs)
+    except (RegistryError, ValueError, TypeError) as e:
+        raise ConfigError(f"sampling.sampler={s.sampler!r}: {e}") from None
+    _require(d.mode in DYNAMIC_MODES, f"sampling.dynamic.mode={d.mode!r}: use one of {', '.join(DYNAMIC_MODES)}")
+    _require(d.metric in ("correct", "reward"), f"sampling.dynamic.metric={d.metric!r}: use correct or reward")
+    _require(d.on_exhausted in ("train", "error"), f"sampling.dynamic.on_exhausted={d.on_exhausted!r}: train or error")
+    _require(d.oversample >= 1.0, f"sampling.dynamic.oversample must be >= 1, got {d.oversample}")
+    _require(d.window >= 1, f"sampling.dynamic.window must be >= 1, got {d.window}")
+    _require(0 < d.min_factor <= d.max_factor and d.initial_factor > 0,
+             f"sampling.dynamic: need 0 < min_factor <= max_factor and initial_factor > 0, got "
+             f"{d.min_factor}, {d.max_factor}, {d.initial_factor}")
+    dot = s.dot
+    _require(dot.alpha >= 0 and dot.margin > 0 and 0 < dot.success_rate <= 1,
+             f"sampling.dot: need alpha >= 0, margin > 0 and success_rate in (0, 1], got {dot.alpha}, {dot.margin}, "
+             f"{dot.success_rate}")
+    _check_token_budget(cfg)
+
+
+def _check_token_budget(cfg: RunConfig) -> None:
+    s, a = cfg.sampling, cfg.algorithm
+    _require(s.token_budget >= 0, f"sampling.token_budget must be >= 0 (0 = off), got {s.token_budget}")
+    _require(s.token_selection in ("random", "fifo"), f"sampling.token_selection={s.token_selection!r}: random or fifo")
+    if not s.token_budget:
+        return
+    constant_norm = (a.agg_mode == "seq-mean-token-sum-norm" and a.sum_norm_divide_by == "C"
+                     and a.agg_constant == s.token_budget)
+    _require(constant_norm, f"sampling.token_budget={s.token_budget} (C3PO) divides the loss by the constant budget: "
+             "set algorithm.agg_mode=seq-mean-token-sum-norm, algorithm.sum_norm_divide_by=C and "
+             f"algorithm.agg_constant={s.token_budget} (recipe c3po_quickstart does)")
+    _require(cfg.learner.updates_per_step == 1,
+             f"sampling.token_budget is per optimizer step: set learner.updates_per_step=1 "
+             f"(got {cfg.learner.updates_per_step})")
