@@ -4,7 +4,12 @@
 teacher that drops the carry (17+8=15) on 60% of the steps that cross a ten, so the warmed-up model's
 *most likely* answer is systematically wrong, while sampling still finds the right carry often enough
 for the verifiable reward to teach it: the RL rise is an error being fixed, not just sharpening.
-Model and character tokenizer are built here from config, so nothing downloads."""
+Model and character tokenizer are built here from config, so nothing downloads.
+
+The ``verbose`` option (off by default) is the variant for length-control methods: the teacher then
+pads some solutions with restatements of the whole sum before the box (`` 7+5=12, 12+8=20, check
+7+5+8=20 \\boxed{20}``), so a correct answer is reachable by short and by padded reasoning and a
+length method has something to remove that carries no information."""
 
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ def count_carries(terms: list[int]) -> int:
     return sum(a // 10 != b // 10 for a, b in zip(totals, totals[1:]))
 
 
-def teach(terms: list[int], rng: random.Random, noise: float) -> tuple[str, int]:
+def teach(terms: list[int], rng: random.Random, noise: float, verbose: float = 0.0,
+          max_checks: int = 2) -> tuple[str, int]:
     """Write the teacher's running-sum solution; return (solution, the teacher's answer).
 
     On a step whose sum crosses a multiple of ten the teacher drops the carry with probability
@@ -51,12 +57,19 @@ def teach(terms: list[int], rng: random.Random, noise: float) -> tuple[str, int]
             new -= 10
         steps.append(f"{total}+{t}={new}")
         total = new
+    # Padding: each further "check" restates the whole sum with probability ``verbose`` (no rng draw at 0,
+    # so the default dataset is unchanged); it repeats the running total, right or wrong.
+    checks = 0
+    while verbose > 0 and checks < max_checks and rng.random() < verbose:
+        steps.append("check " + "+".join(map(str, terms)) + f"={total}")
+        checks += 1
     return " " + ", ".join(steps) + f" {BOXED}{{{total}}}", total
 
 
-def make_row(rng: random.Random, min_terms: int, max_terms: int, noise: float) -> dict:
+def make_row(rng: random.Random, min_terms: int, max_terms: int, noise: float, verbose: float = 0.0,
+             max_checks: int = 2) -> dict:
     terms = [rng.randint(1, 9) for _ in range(rng.randint(min_terms, max_terms))]
-    solution, teacher_answer = teach(terms, rng, noise)
+    solution, teacher_answer = teach(terms, rng, noise, verbose, max_checks)
     answer = sum(terms)
     return {
         "prompt": make_prompt(terms),
@@ -84,16 +97,20 @@ def write_dataset(
     min_terms: int = 3,
     max_terms: int = 5,
     noise: float = 0.6,
+    verbose: float = 0.0,
+    max_checks: int = 2,
 ) -> dict[str, str]:
     """Write train.jsonl (noisy-teacher solutions) and val.jsonl (correct solutions).
 
-    ``noise`` is the teacher's probability of dropping a carry. Train and val prompts come from
+    ``noise`` is the teacher's probability of dropping a carry. ``verbose`` > 0 pads train solutions
+    with up to ``max_checks`` restatements ("check a+b+c=total"), each with probability ``verbose``
+    (val solutions stay short). Train and val prompts come from
     separate random streams; a val prompt may also occur in train (the space is small), which is
     harmless here because train solutions are what is noisy, not the prompts.
     """
     os.makedirs(out_dir, exist_ok=True)
     train_rng, val_rng = random.Random(f"train-{seed}"), random.Random(f"val-{seed}")
-    train = [make_row(train_rng, min_terms, max_terms, noise) for _ in range(num_train)]
+    train = [make_row(train_rng, min_terms, max_terms, noise, verbose, max_checks) for _ in range(num_train)]
     val = [make_row(val_rng, min_terms, max_terms, 0.0) for _ in range(num_val)]
     paths = {"train": os.path.join(out_dir, "train.jsonl"), "val": os.path.join(out_dir, "val.jsonl")}
     _write_jsonl(paths["train"], train)
