@@ -176,7 +176,8 @@ class LearnerWorker:
             sum_norm_divide_by=a.sum_norm_divide_by,
         )
 
-    def _step_terms(self, parts: list[TrainBatch], entry, kwargs: dict, ctx: AggContext, regularise: bool) -> "StepTerms":
+    def _step_terms(self, parts: list[TrainBatch], entry, kwargs: dict, ctx: AggContext,
+                    regularise: bool) -> "StepTerms":
         """What the step's micro-batches share, from the loss's registry traits and the switches."""
         sums = self._step_sums(parts, entry.traits["step_sums"], kwargs) if "step_sums" in entry.traits else {}
         correct = self._correct_context(parts, ctx) if regularise and self.cfg.algorithm.sft_coef > 0 else None
@@ -220,7 +221,8 @@ class LearnerWorker:
         return LossInput(
             logprobs=lp, old_logprobs=mb.old_logprobs.to(dev), advantages=mb.advantages.to(dev),
             response_mask=mb.seqs.response_mask.to(dev), rewards=mb.rewards.to(dev), correct=mb.correct.to(dev),
-            group_index=mb.group_index.to(dev), ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(dev),
+            group_index=mb.group_index.to(dev),
+            ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(dev),
             entropy=ent, global_tokens=mb.global_tokens, global_groups=mb.global_groups,
             max_response_length=self.cfg.rollout.max_new_tokens, step_sums=dict(step_sums or {}),
         )

@@ -78,5 +78,6 @@ def test_without_kl_and_gamma_one_every_token_of_a_response_is_equal(case):
 
 def test_single_valid_token_is_left_unnormalised():
     r = torch.tensor([2.0])
-    adv = ADVANTAGES.get("reinforce_pp")(AdvantageInput(r, torch.zeros(1, dtype=torch.long), torch.tensor([[1.0, 0.0]]), r))
+    mask = torch.tensor([[1.0, 0.0]])
+    adv = ADVANTAGES.get("reinforce_pp")(AdvantageInput(r, torch.zeros(1, dtype=torch.long), mask, r))
     assert adv.tolist() == [[2.0, 0.0]]

@@ -58,8 +58,10 @@ def loss_and_grads(model_dir, impl):
     batch.ref_logprobs = lps.old_logprobs - 0.1
     batch = with_counts(batch)
     worker.engine.train()
-    loss, stats = worker._micro_loss(batch, POLICY_LOSSES.get(cfg.algorithm.loss), dict(cfg.algorithm.loss_kwargs),
-                                     worker._agg_context(batch, sft=False), regularise=True)
+    entry, kwargs = POLICY_LOSSES.entry(cfg.algorithm.loss), dict(cfg.algorithm.loss_kwargs)
+    ctx = worker._agg_context(batch, sft=False)
+    terms = worker._step_terms([batch], entry, kwargs, ctx, regularise=True)
+    loss, stats = worker._micro_loss(batch, entry.fn, kwargs, ctx, True, terms)
     loss.backward()
     grads = {k: p.grad.clone() for k, p in worker.engine.named_parameters()}
     return lps, stats, grads

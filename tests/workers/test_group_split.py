@@ -17,9 +17,10 @@ def batch_of(sizes, T=4):
     gid = gid[perm] * 3 + 1  # shuffled rows, non-contiguous ids
     mask = torch.ones(n, T)
     seqs = SequenceBatch(torch.zeros(n, T + 2, dtype=torch.long), torch.ones(n, T + 2, dtype=torch.long), mask, 2)
-    return with_counts(TrainBatch(seqs=seqs, advantages=torch.ones(n, T), old_logprobs=torch.zeros(n, T),
-                                  ref_logprobs=None, rollout_logprobs=torch.zeros(n, T), rewards=torch.arange(n).float(),
-                                  correct=torch.ones(n), group_index=gid, keep_groups=True))
+    zeros = torch.zeros(n, T)
+    return with_counts(TrainBatch(seqs=seqs, advantages=torch.ones(n, T), old_logprobs=zeros, ref_logprobs=None,
+                                  rollout_logprobs=zeros, rewards=torch.arange(n).float(), correct=torch.ones(n),
+                                  group_index=gid, keep_groups=True))
 
 
 @pytest.mark.parametrize("world,micro", [(1, 4), (2, 3), (3, 8), (5, 2), (8, 4)])

@@ -52,7 +52,8 @@ def two_updates(model_dir, overrides, world, micro):
     from rlreason.algorithms import POLICY_LOSSES
     from rlreason.workers.groups import LearnerGroup
 
-    args = [f"{k}={v}" for k, v in {**overrides, "learner.world_size": world, "learner.micro_batch_size": micro}.items()]
+    sizes = {"learner.world_size": world, "learner.micro_batch_size": micro}
+    args = [f"{k}={v}" for k, v in {**overrides, **sizes}.items()]
     cfg = load_config(["recipe=quickstart", f"model.path={model_dir}", *args])
     group = LearnerGroup(cfg, model_dir, threads=1)
     try:
