@@ -34,6 +34,8 @@ class DataConfig:
     """Optional validation set, same forms as ``train``."""
     split: str = "train"
     """Split to read when ``train`` is a hub dataset."""
+    subset: Optional[str] = None
+    """Configuration of a ``train`` hub dataset that has several (the hub's "subset", e.g. "en")."""
     generator: Optional[str] = None
     """'module:function' writing jsonl files (``fn(out_dir, seed=..., **generator_kwargs)`` ->
     {"train": path, "val": path}); used when ``train`` is null (procedural tasks)."""

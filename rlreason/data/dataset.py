@@ -28,12 +28,18 @@ class PromptSet:
         return len(self.rows)
 
 
-def load_rows(spec: str, split: str = "train") -> PromptSet:
-    """Read every row of a file, a directory of files, or a hub dataset split."""
+def load_rows(spec: str, split: str = "train", subset: Optional[str] = None) -> PromptSet:
+    """Read every row of a file, a directory of files, or a hub dataset split.
+
+    ``subset`` names a configuration of a dataset that has several (the hub's "subset", e.g. "en"
+    of DAPO-Math-17k-Processed); ``spec`` is then a hub name or a local copy of such a dataset repo.
+    """
     import datasets
 
     datasets.disable_progress_bars()
-    if os.path.isdir(spec):
+    if subset is not None:
+        ds = _load_subset(datasets, spec, subset, split)
+    elif os.path.isdir(spec):
         files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if os.path.splitext(f)[1] in FILE_KINDS)
         if not files:
             raise DataError(f"data directory '{spec}' has no {', '.join(FILE_KINDS)} files")
@@ -51,7 +57,20 @@ def load_rows(spec: str, split: str = "train") -> PromptSet:
         except Exception as e:  # the hub raises many types; the message is what matters
             raise DataError(f"cannot load dataset '{spec}' (split '{split}'): it is not a local "
                             f".jsonl/.json/.parquet file or directory, and loading it from the hub failed: {e}") from e
-    return PromptSet(rows=[dict(r) for r in ds], source=spec)
+    return PromptSet(rows=[dict(r) for r in ds], source=spec if subset is None else f"{spec} ({subset})")
+
+
+def _load_subset(datasets, spec: str, subset: str, split: str):
+    try:
+        names = datasets.get_dataset_config_names(spec)
+    except Exception as e:  # the hub raises many types; the message is what matters
+        raise DataError(f"cannot read the subsets of dataset '{spec}' (data.subset={subset!r}): {e}") from e
+    if subset not in names:
+        raise DataError(f"dataset '{spec}' has no subset {subset!r} (data.subset); its subsets: {', '.join(names)}")
+    try:
+        return datasets.load_dataset(spec, subset, split=split)
+    except Exception as e:
+        raise DataError(f"cannot load split '{split}' of dataset '{spec}' subset {subset!r}: {e}") from e
 
 
 def check_columns(data: PromptSet, columns: list[str]) -> None:
@@ -91,7 +110,7 @@ def resolve_data(cfg: DataConfig, run_dir: str, seed: int) -> tuple[PromptSet, O
 
         paths = load_callable(cfg.generator)(os.path.join(run_dir, "data"), seed=seed, **cfg.generator_kwargs)
         train, val = paths["train"], val or paths.get("val")
-    train_set = load_rows(train, cfg.split)
+    train_set = load_rows(train, cfg.split, cfg.subset)
     if len(train_set) == 0:
         raise DataError(f"{train_set.source}: the training set is empty")
     check_columns(train_set, [cfg.prompt_key, cfg.answer_key])

@@ -80,3 +80,28 @@ def test_sampler_covers_each_epoch_and_resumes():
     t = PromptSampler(10, 4, seed=3)
     t.load_state_dict(state)
     assert [t.next() for _ in range(3)] == after
+
+
+def local_dataset_repo(root):
+    """A copy of a hub dataset repo with two subsets, as ``huggingface-cli download`` leaves it."""
+    (root / "data").mkdir(parents=True)
+    for name, rows in {"en": [{"prompt": "1+1", "solution": "2"}], "cn": [{"prompt": "一加一", "solution": "2"}] * 2}.items():
+        (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: en\n  data_files:\n  - split: train\n    path: data/en.jsonl\n"
+        "- config_name: cn\n  data_files:\n  - split: train\n    path: data/cn.jsonl\n---\n")
+    return str(root)
+
+
+def test_subset_of_a_dataset_with_several(tmp_path):
+    repo = local_dataset_repo(tmp_path / "dapo")
+    en = load_rows(repo, "train", subset="en")
+    assert en.rows == [{"prompt": "1+1", "solution": "2"}] and "(en)" in en.source
+    assert len(load_rows(repo, "train", subset="cn")) == 2
+
+
+def test_unknown_subset_lists_the_subsets(tmp_path):
+    repo = local_dataset_repo(tmp_path / "dapo")
+    with pytest.raises(DataError, match=r"no subset 'fr' \(data.subset\); its subsets: (en, cn|cn, en)"):
+        load_rows(repo, "train", subset="fr")
