@@ -171,3 +171,26 @@ def length_budget(*, response_length: list[int], correct: list[Optional[float]],
     value = remaining_budget_reward(torch.tensor(response_length, dtype=torch.float64), _correct_tensor(correct),
                                     torch.zeros(n, dtype=torch.long), max_length or max_response_length)
     return [float(v) for v in value]
+
+
+@REWARDS.register("length_lcpo")
+def length_lcpo(*, response_length: int, correct: Optional[float] = None, target: Optional[int] = None,
+                target_key: str = "target_length", mode: str = "exact", alpha: float = 0.0003, delta: float = 0.5,
+                slope: str = "paper", **row) -> Optional[float]:
+    """L1 LCPO toward a target length n_gold: ``target`` for every prompt, else the row's ``target_key`` column.
+
+    mode="exact": −α·|n_gold − n_y|, added to the verifier's score. mode="max": correctness × the LCPO-Max
+    factor, which replaces the verifier's score (give math_verify weight 0, as with length_cosine).
+    """
+    n_gold = target if target is not None else row.get(target_key)
+    if n_gold is None:
+        raise ValueError(f"length_lcpo needs a target length: kwargs target=N, or a '{target_key}' column "
+                         f"in the data (target_key names it); this row has {sorted(row)}")
+    lengths, gold = torch.tensor([float(response_length)]), torch.tensor([float(n_gold)])
+    if mode == "exact":
+        return float(lcpo_exact(lengths, gold, alpha)[0])
+    if mode != "max":
+        raise ValueError(f"length_lcpo: mode={mode!r}, use 'exact' or 'max'")
+    if correct is None:
+        return None  # no verifier applied to this row
+    return float(correct) * float(lcpo_max(lengths, gold, alpha, delta, slope)[0])

@@ -56,3 +56,14 @@ def test_registered_wrappers():
     budget = REWARDS.get("length_budget")
     assert budget(response_length=[10, 30], correct=[1.0, 1.0], max_response_length=40) == pytest.approx([0.75, 0.25])
     assert REWARDS.entry("length_kimi").traits["kind"] == "group"
+
+
+def test_lcpo_reward_reads_a_fixed_or_per_row_target():
+    lcpo = REWARDS.get("length_lcpo")
+    assert lcpo(response_length=1500, target=1000) == pytest.approx(-0.15)
+    assert lcpo(response_length=1500, target_length=1000) == pytest.approx(-0.15)  # the row's column
+    assert lcpo(response_length=1500, budget=1000, target_key="budget", mode="max", correct=1.0) == pytest.approx(0.35)
+    assert lcpo(response_length=1500, target=1000, mode="max", correct=0.0) == 0.0
+    assert lcpo(response_length=1500, target=1000, mode="max", correct=None) is None
+    with pytest.raises(ValueError, match="'target_length' column"):
+        lcpo(response_length=10, prompt="Q")

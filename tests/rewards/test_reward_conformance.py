@@ -25,7 +25,7 @@ def test_registered_reward_conforms(name, tiny_model_dir):
     r = resolve(name)
     assert r.summary and r.kind in KINDS, name
     extra = {"correct": 1.0} if r.wants_correct else {}
-    kwargs = {"embedder": EMBED} if name == "redundancy" else {}
+    kwargs = {"redundancy": {"embedder": EMBED}, "length_lcpo": {"target": 20}}.get(name, {})
     if r.kind == "sample":
         values = [check_value(r.fn(**ROW, response=resp, **extra, **kwargs)) for resp in RESPONSES]
     elif r.kind in ("group", "batch"):
