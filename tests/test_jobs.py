@@ -17,6 +17,7 @@ import pytest
 
 from rlreason.config import load_config
 from rlreason.jobs import Stager, auth_token, copy_tree, stage_config
+from shared_builders import session_processes
 
 REWARD = '''def short(*, response, **columns):
     """Shorter is better."""
@@ -72,18 +73,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _session_processes(sid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.getsid(int(d)) == sid:
-                    out.append(int(d))
-            except OSError:
-                pass
-    return out
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A Ray head on 127.0.0.1 with RAY_AUTH_MODE=token and its own token file; yields (url, env)."""
@@ -108,7 +97,7 @@ def head(tmp_path_factory):
         yield url, env
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):  # only this head's session, never `ray stop`
-            for pid in _session_processes(proc.pid):
+            for pid in session_processes(proc.pid):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:

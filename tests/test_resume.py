@@ -15,6 +15,7 @@ import time
 import pytest
 
 from rlreason.checkpoint import is_wall_clock
+from shared_builders import session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +41,6 @@ def rlreason_cmd(*a):
 
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def session_processes(sid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.getsid(int(d)) == sid:
-                    out.append(int(d))
-            except OSError:
-                pass
-    return out
 
 
 def rows(run_dir):

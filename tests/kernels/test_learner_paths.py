@@ -6,31 +6,16 @@ import pytest
 import torch
 
 from rlreason.algorithms import POLICY_LOSSES
-from rlreason.batches import sft_batch, with_counts
+from rlreason.batches import with_counts
 from rlreason.config import load_config
-from rlreason.types import SequenceBatch, TrainBatch
+from rlreason.types import SequenceBatch
+from shared_builders import fixed_batch
 
 
 def config(model_dir, impl, **overrides):
     args = [f"{k}={v}" for k, v in overrides.items()]
     return load_config(["recipe=quickstart", f"model.path={model_dir}", f"learner.logprob_impl={impl}",
                         "rollout.temperature=0.8", *args])
-
-
-def fixed_batch(model_dir, n=8, seed=0) -> TrainBatch:
-    """Prompts and random responses of varied lengths, ±1 advantages, slightly stale old log-probs."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    gen = torch.Generator().manual_seed(seed)
-    prompts = [tok.encode(f"Q: {i}+{i + 1} =\nA:", add_special_tokens=False) for i in range(n)]
-    responses = [torch.randint(4, 60, (int(torch.randint(3, 10, (1,), generator=gen)),), generator=gen).tolist()
-                 for _ in range(n)]
-    batch = sft_batch(prompts, responses, tok.pad_token_id)
-    sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)
-    batch.advantages = sign[:, None] * batch.seqs.response_mask
-    batch.group_index = torch.arange(n) // 4
-    return batch
 
 
 def bare_learner(cfg, model):
@@ -50,7 +35,7 @@ def loss_and_grads(model_dir, impl):
 
     cfg = config(model_dir, impl, **{"algorithm.entropy_coef": 0.01, "algorithm.kl_coef": 0.05})
     worker = bare_learner(cfg, AutoModelForCausalLM.from_pretrained(model_dir))
-    batch = fixed_batch(model_dir)
+    batch = fixed_batch(model_dir, n=8)
     lps = worker.compute_logprobs(batch.seqs, num_micro=2)
     # stale old log-probs (ratio != 1, some clipped) and a reference: every loss term is live
     noise = torch.randn(lps.old_logprobs.shape, generator=torch.Generator().manual_seed(1))
@@ -97,7 +82,7 @@ def zero3_update(model_dir, impl):
                                      "algorithm.entropy_coef": 0.01})
     group = LearnerGroup(cfg, model_dir, threads=1)
     try:
-        batch = fixed_batch(model_dir)
+        batch = fixed_batch(model_dir, n=8)
         lps = group.logprobs(SequenceBatch(batch.seqs.input_ids, batch.seqs.attention_mask,
                                            batch.seqs.response_mask, batch.seqs.prompt_width))
         batch.old_logprobs, batch.ref_logprobs = lps.old_logprobs, lps.ref_logprobs

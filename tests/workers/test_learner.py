@@ -4,9 +4,10 @@ do not depend on the number of learners or the micro-batch size."""
 import pytest
 import torch
 
-from rlreason.batches import sft_batch, with_counts
+from rlreason.batches import with_counts
 from rlreason.config import load_config
 from rlreason.types import SequenceBatch, TrainBatch
+from shared_builders import fixed_batch
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +24,6 @@ def ray_local():
 def config(model_dir, **overrides):
     args = [f"{k}={v}" for k, v in overrides.items()]
     return load_config(["recipe=quickstart", f"model.path={model_dir}", "learner.lr=1e-2", *args])
-
-
-def fixed_batch(model_dir, n=12, seed=0):
-    """Random prompts and responses of varied lengths with ±1 advantages (a fixed RL batch)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    gen = torch.Generator().manual_seed(seed)
-    prompts = [tok.encode(f"Q: {i}+{i + 1} =\nA:", add_special_tokens=False) for i in range(n)]
-    responses = [torch.randint(4, 60, (int(torch.randint(3, 10, (1,), generator=gen)),), generator=gen).tolist()
-                 for _ in range(n)]
-    batch = sft_batch(prompts, responses, tok.pad_token_id)
-    sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)
-    batch.advantages = sign[:, None] * batch.seqs.response_mask
-    batch.group_index = torch.arange(n) // 4
-    return batch
 
 
 def with_old_logprobs(group, batch: TrainBatch) -> TrainBatch:

@@ -1,0 +1,37 @@
+"""Builders more than one test directory uses (tests/ is on sys.path through its conftest.py)."""
+
+import os
+
+import torch
+
+from rlreason.batches import sft_batch
+from rlreason.types import TrainBatch
+
+
+def fixed_batch(model_dir, n=12, seed=0) -> TrainBatch:
+    """Random prompts and responses of varied lengths with ±1 advantages (a fixed RL batch), groups of 4."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [tok.encode(f"Q: {i}+{i + 1} =\nA:", add_special_tokens=False) for i in range(n)]
+    responses = [torch.randint(4, 60, (int(torch.randint(3, 10, (1,), generator=gen)),), generator=gen).tolist()
+                 for _ in range(n)]
+    batch = sft_batch(prompts, responses, tok.pad_token_id)
+    sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)
+    batch.advantages = sign[:, None] * batch.seqs.response_mask
+    batch.group_index = torch.arange(n) // 4
+    return batch
+
+
+def session_processes(sid: int) -> list[int]:
+    """Every live process of session ``sid`` (what a killed driver's Ray leaves behind)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.getsid(int(d)) == sid:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
