@@ -1,0 +1,271 @@
+"""VLLMEngine: the rollout engine on vLLM (the ``gpu`` extra), behind NativeEngine's interface.
+
+``generate(GenerationRequest) -> RolloutBatch`` and ``load_state_dict(state)`` (the policy sync) as
+the native engine, plus ``load_drafter_state`` (drafter refresh), ``set_k_table`` / ``rebuild``
+(the selector's batch-size -> K table) and ``sleep`` / ``wake_up`` (colocated placement). Only
+vLLM's public surface is used: ``LLM(..., speculative_config=...)``, ``SamplingParams``,
+``LLM.get_metrics()``, the weight-transfer calls (``start_weight_update``,
+``start_draft_weight_update``, ``update_weights``, ``finish_weight_update``; vLLM >= ~0.28; older
+versions: ``weight_backend="load_weights"`` goes through ``collective_rpc`` into the model's
+``load_weights``), ``reset_prefix_cache`` and ``sleep`` / ``wake_up``. The translations live in
+``vllm_convert.py``; vllm itself is imported only in ``VLLMEngine.build``.
+
+What vLLM does not offer, and what this engine does instead:
+- no per-iteration K control: the adaptive selector's output is applied as the static schedule
+  ``num_speculative_tokens_per_batch_size`` (vLLM PR #32374), fixed when the LLM is built, so a
+  new table takes effect at ``rebuild`` (a model reload: do it between RL steps, then re-sync);
+- no per-iteration timings, so the selector's cost model cannot be learned online here:
+  ``vllm_convert.k_table`` combines vLLM's measured per-position acceptance with a profiled cost;
+- no decode-step batch-size curve: ``RolloutBatch.batch_sizes`` stays empty.
+
+Log-probs are vLLM's ``processed_logprobs`` (after the temperature; with top-k/top-p vLLM
+renormalises over the kept tokens, unlike the native engine). The learner recomputes old
+log-probs either way (speculative.md §5.8: engine log-probs under SD have had bugs).
+
+Not here: the learner half of an NCCL sync (vLLM's trainer-side engine runs in the learner;
+``vllm_convert.nccl_update_info`` is the metadata both sides use), EAGLE-3 drafter publishing
+(a different architecture from our EAGLE-1/2 drafter), the HF-model paths (``score_tokens``).
+Untested on a GPU in this repository so far; the CPU tests cover our own logic with stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import torch
+
+from rlreason.rollout.vllm_convert import (
+    BUCKET_BYTES, DRAFTER_METHOD, eagle_checkpoint_state, ipc_update_info, k_schedule, read_spec_counters,
+    sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch, weight_buckets, write_eagle_checkpoint,
+)
+from rlreason.types import GenerationRequest, RolloutBatch
+
+
+@dataclass
+class VLLMSettings:
+    """Everything ``LLM(...)`` is built from (``settings_from_config`` fills it from a RunConfig)."""
+
+    model: str
+    tokenizer: Optional[str] = None
+    dtype: str = "bfloat16"
+    seed: int = 0
+    method: Optional[str] = None  # vLLM speculative method (eagle | eagle3 | draft_model | ngram); None = off
+    k: int = 0  # largest K (vLLM sizes its buffers from it)
+    draft_model: Optional[str] = None  # draft checkpoint dir (eagle, eagle3, draft_model)
+    draft_tp: int = 1
+    ngram: tuple[int, int] = (1, 4)
+    k_table: Optional[dict[int, int]] = None  # batch size -> K (the selector's table)
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5  # colocated with a learner by default
+    enable_sleep_mode: bool = True
+    weight_backend: str = "ipc"  # ipc (weight-transfer API, same GPU) | load_weights (collective_rpc)
+    bucket_bytes: int = BUCKET_BYTES
+    stage_device: str = "cuda"  # where a bucket is staged for its IPC handles
+    max_model_len: Optional[int] = None
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # any other LLM(...) keyword
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        kw = dict(model=self.model, tokenizer=self.tokenizer or self.model, dtype=self.dtype, seed=self.seed,
+                  tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
+                  enable_sleep_mode=self.enable_sleep_mode, trust_remote_code=self.trust_remote_code,
+                  disable_log_stats=False,  # get_metrics() needs the stat loggers
+                  logprobs_mode="processed_logprobs")
+        if self.max_model_len:
+            kw["max_model_len"] = self.max_model_len
+        spec = speculative_config(self.method, self.k, self.draft_model, self.draft_tp, self.ngram, self.k_table)
+        if spec:
+            kw["speculative_config"] = spec
+        return {**kw, **self.extra}
+
+
+class VLLMEngine:
+    def __init__(self, llm, tokenizer, settings: VLLMSettings, sampling_cls):
+        """``llm``: a ``vllm.LLM``; ``sampling_cls``: ``vllm.SamplingParams`` (injected so tests need no vLLM)."""
+        self.llm, self.tokenizer, self.settings = llm, tokenizer, settings
+        self.sampling_cls = sampling_cls
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.asleep = 0  # sleep level in force (0 = awake)
+        self.pending_table: Optional[dict[int, int]] = None  # the selector's latest K table
+
+    @classmethod
+    def build(cls, settings: VLLMSettings, tokenizer=None) -> "VLLMEngine":
+        """Start vLLM (imported here, not at module import)."""
+        import dataclasses
+
+        import vllm
+
+        if settings.weight_backend == "ipc" and not hasattr(vllm.LLM, "update_weights"):
+            settings = replace(settings, weight_backend="load_weights")  # vLLM before the weight-transfer API
+        kw = settings.llm_kwargs()
+        if "logprobs_mode" not in {f.name for f in dataclasses.fields(vllm.EngineArgs)}:
+            kw.pop("logprobs_mode")  # older vLLM: raw log-probs (the learner recomputes them anyway)
+        if settings.weight_backend == "ipc":
+            from vllm.config import WeightTransferConfig
+
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # IPC handles are pickled to the workers
+            kw["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
+        llm = vllm.LLM(**kw)
+        if settings.weight_backend == "ipc":
+            llm.init_weight_transfer_engine({"init_info": {}})  # IPC needs no rendezvous
+        return cls(llm, tokenizer or llm.get_tokenizer(), settings, vllm.SamplingParams)
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def generate(self, req: GenerationRequest) -> RolloutBatch:
+        """Sample ``group_sizes[b]`` responses for every prompt (vLLM's ``n``), one seeded request per prompt."""
+        if self.asleep:
+            raise RuntimeError(f"the vLLM engine sleeps (level {self.asleep}): call wake_up() before generate()")
+        start = time.perf_counter()
+        keep = [b for b, g in enumerate(req.group_sizes) if g > 0]  # vLLM needs n >= 1
+        prompts = [list(req.prompt_ids[b]) for b in keep]
+        sizes = [req.group_sizes[b] for b in keep]
+        params = [self.sampling_cls(**sampling_kwargs(req.sampling, g, seed=_seed(req.seed, b)))
+                  for b, g in zip(keep, sizes)]
+        before = self._counters()
+        # LLM.generate returns one RequestOutput per prompt, in the prompts' order
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        batch = to_rollout_batch(prompts, sizes, 0, outputs, self.pad_id)
+        batch.group_index = torch.tensor([req.group_offset + keep[i] for i in batch.group_index.tolist()],
+                                         dtype=torch.long)
+        batch.gen_seconds = time.perf_counter() - start
+        if self.settings.method:
+            batch.stats = spec_stats_delta(before, self._counters(), batch.gen_tokens, self.settings.k)
+        return batch
+
+    def _counters(self) -> Optional[dict]:
+        return read_spec_counters(self.llm.get_metrics()) if self.settings.method else None
+
+    # ---- weights ---------------------------------------------------------------------------
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Policy sync: the learner's full state dict (Hugging Face names), pushed in byte-capped buckets."""
+        self._push(list(state.items()), draft=False)
+        self.llm.reset_prefix_cache()  # cached prefixes hold the old policy's KV
+
+    def load_drafter_state(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Drafter refresh (policy first, same pause window); returns the names vLLM has no place for."""
+        if self.settings.method == "eagle":
+            tensors, dropped = eagle_checkpoint_state(state)
+        elif self.settings.method == "draft_model":
+            if state.get("vocab_map") is not None:
+                raise ValueError("a draft_model drafter with a reduced vocabulary cannot be published to vLLM")
+            tensors = {(n if n.startswith("lm_head") else "model." + n): t
+                       for n, t in state.items() if n != "vocab_map"}
+            dropped = []
+        else:
+            raise ValueError(f"speculative method {self.settings.method!r} has no drafter weights to refresh")
+        self._push(list(tensors.items()), draft=True)
+        return dropped
+
+    def _push(self, named: list, draft: bool) -> None:
+        buckets = weight_buckets(named, self.settings.bucket_bytes)
+        if self.settings.weight_backend == "load_weights":
+            for bucket in buckets:
+                self.llm.collective_rpc(_load_bucket, args=([(n, t.cpu()) for n, t in bucket], draft))
+            return
+        (self.llm.start_draft_weight_update if draft else self.llm.start_weight_update)()
+        for bucket in buckets:
+            staged = [(n, t.to(self.settings.stage_device)) for n, t in bucket]  # one bucket on the GPU at a time
+            self.llm.update_weights({"update_info": ipc_update_info(staged)})
+            del staged
+        self.llm.finish_weight_update()
+
+    # ---- batch-size -> K table ---------------------------------------------------------------
+
+    def set_k_table(self, table: dict[int, int]) -> bool:
+        """Record the selector's table; True when it differs from the engine's (``rebuild`` applies it)."""
+        self.pending_table = dict(table)
+        return self.needs_rebuild
+
+    @property
+    def needs_rebuild(self) -> bool:
+        pending = self.pending_table
+        if pending is None or not self.settings.method:
+            return False
+        current = self.settings.k_table or {1: self.settings.k}
+        return k_schedule(pending, self.settings.k) != k_schedule(current, self.settings.k)
+
+    def rebuild(self) -> None:
+        """Rebuild the LLM with the pending K table. Weights come back from ``settings.model``: re-sync after."""
+        self.settings = replace(self.settings, k_table=self.pending_table)
+        self.llm = None
+        torch.cuda.empty_cache()
+        fresh = VLLMEngine.build(self.settings, self.tokenizer)
+        self.llm, self.asleep = fresh.llm, 0
+
+    # ---- colocated placement ---------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the GPU for the learner: level 1 offloads weights to CPU and drops the KV cache;
+        level 2 drops the weights too (a policy sync must follow before the next generate)."""
+        self.llm.sleep(level=level)
+        self.asleep = level
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Reallocate ``tags`` ("weights", "kv_cache"; None = all). Sync order when colocated:
+        wake_up(["weights"]) -> load_state_dict -> wake_up(["kv_cache"]) (the KV cache stays free during the copy)."""
+        self.llm.wake_up(tags=tags)
+        if tags is None or "kv_cache" in tags:
+            self.asleep = 0
+
+
+def _seed(seed: int, prompt: int) -> int:
+    """Per-prompt seed: sampling is deterministic given the request's seed, and prompts differ."""
+    return (seed * 1_000_003 + prompt) % (2**31 - 1)
+
+
+def _load_bucket(worker, bucket: list, draft: bool) -> None:
+    """Runs inside each vLLM worker (collective_rpc): load one bucket into the target or the drafter."""
+    runner = worker.model_runner
+    model = runner.drafter.model if draft else runner.model
+    model.load_weights(weights=bucket)
+
+
+def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None,
+                         drafter_state: Optional[dict] = None) -> VLLMSettings:
+    """A RunConfig (``rollout.*``, ``rollout.spec.*``, ``model.*``) -> VLLMSettings.
+
+    ``rollout.spec.k``: a number is a fixed K; ``auto`` takes the largest arm as vLLM's K with
+    ``prior_k_table`` until a measured table arrives (``set_k_table``). An EAGLE or lm drafter is
+    written as a checkpoint under ``run_dir`` from ``drafter_state`` (the initial or restored drafter).
+    """
+    r, s = cfg.rollout, cfg.rollout.spec
+    base = VLLMSettings(model=model_path, tokenizer=cfg.model.tokenizer, dtype=cfg.model.dtype,
+                        seed=cfg.trainer.seed, trust_remote_code=cfg.model.trust_remote_code,
+                        max_model_len=None)
+    if not s.enable or str(s.k) == "0":
+        return base
+    method = DRAFTER_METHOD[s.drafter]
+    auto = str(s.k) == "auto"
+    k = max(s.arms) if auto else int(s.k)
+    draft_dir = None
+    if method != "ngram":
+        if drafter_state is None or target_config is None:
+            raise ValueError(f"rollout.spec.drafter={s.drafter!r} on vLLM needs the drafter's weights and the "
+                             "target config")
+        draft_dir = os.path.join(run_dir, "vllm_drafter")
+        if method == "eagle":
+            write_eagle_checkpoint(drafter_state, target_config, draft_dir)
+        else:
+            raise ValueError("rollout.spec.drafter=lm on vLLM: save it as a Hugging Face model dir and pass it as "
+                             "VLLMSettings.draft_model (not wired from the config yet)")
+    return replace(base, method=method, k=k, draft_model=draft_dir, k_table=prior_k_table(k) if auto else None)
+
+
+def prior_k_table(kmax: int) -> dict[int, int]:
+    """Before any measurement: TLT's shape (deepest drafts at batch 1, fewer as the batch grows, off above 32)."""
+    return {1: kmax, 2: max(kmax // 2, 1), 5: min(2, kmax), 33: 0}
+
+
+def engine_for_worker(cfg, model_path: str, tokenizer) -> VLLMEngine:
+    """The rollout worker's vLLM engine: policy from ``model_path``, no speculative decoding.
+
+    SD on vLLM is available at the engine level (``settings_from_config`` with a drafter state) but
+    not wired to the online drafter of rlreason/workers/drafter.py, so validation refuses
+    rollout.engine=vllm with rollout.spec.enable=true for now.
+    """
+    return VLLMEngine.build(settings_from_config(cfg, model_path, run_dir=""), tokenizer)

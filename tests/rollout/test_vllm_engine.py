@@ -1,0 +1,269 @@
+"""VLLMEngine's own logic on CPU, with small stand-ins for vLLM's objects only (LLM, SamplingParams,
+RequestOutput, metrics): config translation, outputs -> RolloutBatch, metric reading, weight
+buckets and the sync protocol, the EAGLE checkpoint layout, the K table, sleep/wake. The last test
+runs real vLLM on a GPU and is skipped elsewhere."""
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlreason.rollout import vllm_convert as vc
+from rlreason.rollout import vllm_engine as ve
+from rlreason.rollout.spec.stats import spec_metrics
+from rlreason.types import GenerationRequest, SamplingParams
+
+EOS, PAD = 1, 0
+
+
+# ---- stand-ins for vLLM's objects ----------------------------------------------------------------
+
+class FakeSamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+@dataclass
+class FakeLogprob:
+    logprob: float
+
+
+@dataclass
+class FakeCompletion:
+    token_ids: list
+    logprobs: list
+    finish_reason: str
+    text: str
+
+
+@dataclass
+class FakeLLM:
+    """Answers prompt p's j-th sample with j+1 tokens (the last is EOS when j is even: finish "stop")."""
+
+    calls: list = field(default_factory=list)
+    drafts: float = 0.0
+    accepted_pos: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def generate(self, prompts, params, use_tqdm=True):
+        outs = []
+        for p, sp in zip(prompts, params):
+            self.calls.append(("generate", p["prompt_token_ids"], sp.kw))
+            comps = []
+            for j in range(sp.kw["n"]):
+                toks = [10 + j] * j + [EOS if j % 2 == 0 else 99]
+                lps = [{t: FakeLogprob(-0.1 * (i + 1)), 77: FakeLogprob(-5.0)} for i, t in enumerate(toks)]
+                comps.append(FakeCompletion(toks, lps, "stop" if j % 2 == 0 else "length", f"s{j}"))
+            outs.append(SimpleNamespace(request_id=str(len(outs)), outputs=comps))
+        self.drafts += 10  # 10 verify rows with K = 3: 6 accepted at position 1, 3 at 2, 1 at 3
+        self.accepted_pos = [a + b for a, b in zip(self.accepted_pos, [6, 3, 1])]
+        return outs
+
+    def get_metrics(self):
+        C = lambda n, v: SimpleNamespace(name=n, value=v)  # noqa: E731
+        return [C("vllm:spec_decode_num_drafts", self.drafts), C("vllm:spec_decode_num_draft_tokens", 3 * self.drafts),
+                C("vllm:spec_decode_num_accepted_tokens", sum(self.accepted_pos)),
+                SimpleNamespace(name="vllm:spec_decode_num_accepted_tokens_per_pos", values=list(self.accepted_pos)),
+                SimpleNamespace(name="vllm:iteration_tokens_total", count=self.drafts / 2, sum=0.0),
+                C("vllm:prompt_tokens", 5.0)]
+
+    def __getattr__(self, name):  # start_weight_update, update_weights, sleep, ... are recorded
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *a, **kw: self.calls.append((name, a, kw))
+
+
+def engine(method="eagle", k=3, **kw):
+    tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS)
+    settings = ve.VLLMSettings(model="m", method=method, k=k, draft_model="d", stage_device="cpu", **kw)
+    return ve.VLLMEngine(FakeLLM(), tok, settings, FakeSamplingParams)
+
+
+def request(sizes=(2, 0, 3), seed=5):
+    sp = SamplingParams(temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=6, stop=["\n"])
+    return GenerationRequest([[3, 4], [5], [6, 7, 8]], list(sizes), 4, sp, seed)
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+def test_speculative_config_per_method():
+    assert vc.speculative_config(None, 4) is None and vc.speculative_config("eagle", 0, "d") is None
+    assert vc.speculative_config("eagle", 4, "/ck", draft_tp=2) == {
+        "method": "eagle", "num_speculative_tokens": 4, "model": "/ck", "draft_tensor_parallel_size": 2}
+    assert vc.speculative_config("eagle3", 3, "/e3")["method"] == "eagle3"
+    assert vc.speculative_config("draft_model", 5, "/small")["model"] == "/small"
+    assert vc.speculative_config("ngram", 3, ngram=(2, 5)) == {
+        "method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 5}
+    with pytest.raises(ValueError, match="medusa"):
+        vc.speculative_config("medusa", 3, "/x")
+    with pytest.raises(ValueError, match="draft model"):
+        vc.speculative_config("eagle", 3)
+    cfg = vc.speculative_config("eagle", 6, "/ck", k_table={1: 6, 2: 4, 5: 2, 33: 0})
+    assert cfg["num_speculative_tokens_per_batch_size"] == [[1, 1, 6], [2, 4, 4], [5, 32, 2], [33, 1024, 0]]
+
+
+def test_k_schedule_merges_clamps_and_needs_batch_one():
+    assert vc.k_schedule({1: 9, 2: 8, 4: 2, 8: 2, 16: 0}, kmax=8, max_batch=64) == [[1, 3, 8], [4, 15, 2], [16, 64, 0]]
+    assert vc.k_schedule({1: 3}, kmax=4, max_batch=256) == [[1, 256, 3]]
+    with pytest.raises(ValueError, match="batch size 1"):
+        vc.k_schedule({2: 3}, kmax=4)
+
+
+def test_k_table_is_the_goodput_argmax_and_turns_sd_off_when_verify_is_expensive():
+    accept = [0.8, 0.6, 0.45, 0.3]  # vLLM's unconditional per-position rates (E(4) = 3.15)
+    cost = lambda b, k: max(1.0, 0.05 * b * (k + 1)) + 0.05 * k  # noqa: E731 (compute-bound past B·(K+1) = 20)
+    table = vc.k_table(accept, cost, arms=(1, 2, 4), batches=(1, 8, 64))
+    assert table[1] == 4 and table[64] == 0 and 0 < table[8] < 4
+    assert vc.k_table([0.0, 0.0], cost, arms=(1, 2), batches=(1,)) == {1: 0}  # no acceptance: SD off
+
+
+def test_the_adaptive_selector_table_becomes_vllms_schedule():
+    """The native selector's measured table is what the vLLM engine applies (speculative.md §5.5)."""
+    from rlreason.rollout.spec.selector import AdaptiveK
+
+    sel = AdaptiveK(arms=(0, 2, 4), epsilon=0.0)
+    for _ in range(4):  # batch 1: K = 4 pays; batch 8: verifying 8·5 tokens costs too much
+        sel.observe(1, 0, 1.0, None)
+        sel.observe(1, 4, 1.3, [4])
+        sel.observe(1, 2, 1.2, [2])
+        sel.observe(8, 0, 1.0, None)
+        sel.observe(8, 4, 8.0, [4] * 8)
+        sel.observe(8, 2, 6.0, [2] * 8)
+    table = sel.table(batches=(1, 2, 8))
+    assert table == {1: 4, 2: 0, 8: 0}  # batch 2 was never measured: no SD there
+    eng = engine(k=4)
+    assert eng.set_k_table(table) and eng.needs_rebuild
+    assert vc.k_schedule(table, 4, 64) == [[1, 1, 4], [2, 64, 0]]
+
+
+def test_sampling_kwargs():
+    kw = vc.sampling_kwargs(SamplingParams(temperature=0.0, top_k=0, max_new_tokens=9), n=4, seed=3)
+    assert kw == {"n": 4, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 9, "stop": None,
+                  "include_stop_str_in_output": True, "logprobs": 0, "seed": 3}
+    assert vc.sampling_kwargs(SamplingParams(top_k=20, stop=["x"]), 1, 0)["top_k"] == 20
+
+
+# ---- outputs and metrics ---------------------------------------------------------------------------
+
+def test_generate_translates_outputs_into_a_rollout_batch():
+    eng = engine()
+    batch = eng.generate(request())
+    gens = [c for c in eng.llm.calls if c[0] == "generate"]
+    assert [g[1] for g in gens] == [[3, 4], [6, 7, 8]]  # the empty group is not sent
+    assert [g[2]["n"] for g in gens] == [2, 3] and gens[0][2]["seed"] != gens[1][2]["seed"]
+    assert gens[0][2]["stop"] == ["\n"] and gens[0][2]["top_k"] == -1 and gens[0][2]["logprobs"] == 0
+    assert batch.group_index.tolist() == [4, 4, 6, 6, 6]  # group_offset + original prompt index
+    assert batch.prompt_ids.tolist()[0] == [PAD, 3, 4] and batch.prompt_mask.tolist()[0] == [0, 1, 1]
+    assert batch.response_ids.tolist()[1] == [11, 99, PAD] and batch.response_mask.tolist()[1] == [1, 1, 0]
+    assert batch.truncated.tolist() == [False, True, False, True, False]  # finish_reason length -> truncated
+    assert torch.allclose(batch.rollout_logprobs[4], torch.tensor([-0.1, -0.2, -0.3]))  # the sampled token's
+    assert batch.rollout_logprobs[0].tolist()[1:] == [0.0, 0.0]
+    assert batch.gen_tokens == 1 + 2 + 1 + 2 + 3 and batch.response_text[2] == "s0"
+
+
+def test_generate_reads_spec_metrics_as_a_delta_in_specstats_keys():
+    eng = engine(k=3)
+    eng.generate(request())
+    batch = eng.generate(request())  # counters are cumulative: only this call's share counts
+    n = batch.stats
+    assert n["spec/n/drafts"] == 10 and n["spec/n/draft_tokens"] == 30 and n["spec/n/accepted"] == 10
+    assert n["spec/n/iters"] == 5 and n["spec/n/emitted"] == batch.gen_tokens
+    m = spec_metrics(n)
+    assert m["spec/accept_len"] == pytest.approx(2.0) and m["spec/accept_rate"] == pytest.approx(1 / 3)
+    assert [m[f"spec/accept_pos{i}"] for i in (1, 2, 3)] == pytest.approx([0.6, 0.3, 0.1])
+    assert "spec/accept_pos4" not in m
+    assert engine(method=None).generate(request()).stats == {}  # SD off: no spec counters
+
+
+# ---- weights ---------------------------------------------------------------------------------------
+
+def test_weight_buckets_respect_the_cap_and_the_order():
+    named = [(f"w{i}", torch.zeros(n)) for i, n in enumerate([10, 20, 5, 100, 1, 1])]  # float32: 4 bytes each
+    buckets = vc.weight_buckets(named, max_bytes=120)
+    assert [[n for n, _ in b] for b in buckets] == [["w0", "w1"], ["w2"], ["w3"], ["w4", "w5"]]
+    assert all(sum(t.numel() * 4 for _, t in b) <= 120 or len(b) == 1 for b in buckets)
+    assert [n for b in buckets for n, _ in b] == [n for n, _ in named]
+    assert vc.weight_buckets([], 10) == []
+    with pytest.raises(ValueError):
+        vc.weight_buckets(named, 0)
+    assert vc.nccl_update_info([("a", torch.zeros(2, 3, dtype=torch.bfloat16))]) == {
+        "names": ["a"], "dtype_names": ["bfloat16"], "shapes": [[2, 3]]}
+
+
+def test_policy_sync_runs_the_weight_transfer_protocol_in_buckets(monkeypatch):
+    monkeypatch.setattr(ve, "ipc_update_info", lambda bucket: vc.nccl_update_info(bucket))  # no CUDA handles on CPU
+    eng = engine(bucket_bytes=64)
+    state = {"a": torch.zeros(8), "b": torch.zeros(8), "c": torch.zeros(16)}  # 32, 32, 64 bytes
+    eng.load_state_dict(state)
+    calls = [c[0] for c in eng.llm.calls]
+    assert calls == ["start_weight_update", "update_weights", "update_weights", "finish_weight_update",
+                     "reset_prefix_cache"]
+    updates = [c[1][0]["update_info"]["names"] for c in eng.llm.calls if c[0] == "update_weights"]
+    assert updates == [["a", "b"], ["c"]]
+
+
+def test_load_weights_backend_goes_through_collective_rpc():
+    eng = engine(bucket_bytes=40, weight_backend="load_weights")
+    eng.load_state_dict({"a": torch.ones(8), "b": torch.ones(8)})
+    rpcs = [c for c in eng.llm.calls if c[0] == "collective_rpc"]
+    assert [c[1][0] for c in rpcs] == [ve._load_bucket] * 2
+    assert [[n for n, _ in c[2]["args"][0]] for c in rpcs] == [["a"], ["b"]] and not rpcs[0][2]["args"][1]
+
+
+def test_eagle_drafter_maps_onto_vllms_eagle_checkpoint(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig
+
+    from rlreason.rollout.spec.drafters import EagleDrafter
+    from rlreason.rollout.spec.layers import DrafterConfig
+
+    d = EagleDrafter(DrafterConfig(hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=40))
+    target = LlamaConfig(hidden_size=16, vocab_size=40, num_hidden_layers=12, num_attention_heads=2,
+                         num_key_value_heads=2)
+    out = vc.write_eagle_checkpoint(d.state_dict(), target, str(tmp_path / "eagle"))
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["num_hidden_layers"] == 1 and cfg["hidden_size"] == 16
+    names = set(load_file(os.path.join(out, "model.safetensors")))
+    layer = "layers.0."
+    assert names == ({"fc.weight", layer + "post_attention_layernorm.weight"}
+                     | {layer + f"self_attn.{p}_proj.weight" for p in "qkvo"}
+                     | {layer + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")})
+    monkeypatch.setattr(ve, "ipc_update_info", lambda bucket: vc.nccl_update_info(bucket))
+    eng = engine()
+    assert eng.load_drafter_state(d.state_dict()) == [layer + "input_layernorm.weight"]
+    assert eng.llm.calls[0][0] == "start_draft_weight_update"
+    with pytest.raises(ValueError, match="no drafter weights"):
+        engine(method="ngram").load_drafter_state({})
+
+
+# ---- colocated placement ---------------------------------------------------------------------------
+
+def test_sleep_blocks_generation_until_the_kv_cache_is_back():
+    eng = engine()
+    eng.sleep(level=2)
+    with pytest.raises(RuntimeError, match="wake_up"):
+        eng.generate(request())
+    eng.wake_up(["weights"])
+    assert eng.asleep == 2
+    eng.wake_up(["kv_cache"])
+    assert eng.asleep == 0 and len(eng.generate(request())) == 5
+    assert [c[0] for c in eng.llm.calls[:3]] == ["sleep", "wake_up", "wake_up"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
+                    reason="needs a CUDA GPU and vLLM")
+def test_real_vllm_generates_with_ngram_sd_and_syncs_weights(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    s = ve.VLLMSettings(model=tiny_model_dir, dtype="float32", method="ngram", k=3, gpu_memory_utilization=0.3,
+                        enable_sleep_mode=False, weight_backend="load_weights", extra={"enforce_eager": True})
+    eng = ve.VLLMEngine.build(s)
+    batch = eng.generate(request())
+    assert len(batch) == 5 and batch.stats["spec/n/drafts"] >= 0
+    eng.load_state_dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict())
+    assert len(eng.generate(request())) == 5
+
