@@ -13,12 +13,14 @@ from rlreason.registry import RegistryError, check_kwargs
 DTYPES = ("float32", "bfloat16")
 LOGGERS = ("console", "jsonl", "wandb", "tensorboard")
 ENGINES = ("native",)
+SPEC_DRAFTERS = ("eagle", "lm", "ngram")
+MAX_K = 16
 
 
 def validate(cfg: RunConfig) -> None:
     """Raise ConfigError on the first impossible setting."""
     for check in (_check_model, _check_data, _check_rollout, _check_algorithm, _check_learner,
-                  _check_rewards, _check_trainer, _check_operations, _check_sampling):
+                  _check_rewards, _check_trainer, _check_operations, _check_sampling, _check_spec):
         check(cfg)
 
 
@@ -228,3 +230,40 @@ def _check_token_budget(cfg: RunConfig) -> None:
     _require(cfg.learner.updates_per_step == 1,
              f"sampling.token_budget is per optimizer step: set learner.updates_per_step=1 "
              f"(got {cfg.learner.updates_per_step})")
+
+
+def _check_spec(cfg: RunConfig) -> None:
+    """rollout.spec: speculative decoding and its online drafter (rlreason.rollout.spec)."""
+    s, t = cfg.rollout.spec, cfg.rollout.spec.train
+    _require(s.drafter in SPEC_DRAFTERS, f"rollout.spec.drafter={s.drafter!r}: use one of {', '.join(SPEC_DRAFTERS)} "
+             "(eagle: one layer on the target's features; lm: a small standalone LM; ngram: lookup, no training)")
+    k = str(s.k)
+    _require(k == "auto" or (k.isdigit() and int(k) <= MAX_K),
+             f"rollout.spec.k={s.k!r}: give a number of drafts 0-{MAX_K} or auto (the adaptive selector)")
+    _require(len(s.arms) > 0 and all(isinstance(a, int) and 0 <= a <= MAX_K for a in s.arms),
+             f"rollout.spec.arms={s.arms}: give K values in 0-{MAX_K} (0, plain decoding, is always an arm)")
+    _require(0 <= s.epsilon <= 1, f"rollout.spec.epsilon must be in [0, 1], got {s.epsilon}")
+    _require(s.hysteresis >= 0, f"rollout.spec.hysteresis must be >= 0, got {s.hysteresis}")
+    _require(0 < s.decay <= 1, f"rollout.spec.decay must be in (0, 1], got {s.decay}")
+    _require(s.max_verify_tokens >= 0, f"rollout.spec.max_verify_tokens must be >= 0 (0 = no cap), got "
+             f"{s.max_verify_tokens}")
+    _require(s.draft_vocab >= 0, f"rollout.spec.draft_vocab must be >= 0 (0 = full vocabulary), got {s.draft_vocab}")
+    _require(s.drafter_layers >= 1 and s.lm_hidden_size >= 0,
+             f"rollout.spec: drafter_layers must be >= 1 and lm_hidden_size >= 0, got {s.drafter_layers}, "
+             f"{s.lm_hidden_size}")
+    _require(t.mode != "spot", "rollout.spec.train.mode=spot (train on idle rollout workers, TLT) is not built yet: "
+             "use deterministic (train after each RL step) or off (frozen drafter)")
+    _require(t.mode in ("deterministic", "off"), f"rollout.spec.train.mode={t.mode!r}: use deterministic or off")
+    _require(t.warmup_steps >= 0, f"rollout.spec.train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _require(t.steps >= 0 and t.batch_size >= 1 and t.buffer_steps >= 1,
+             f"rollout.spec.train: need steps >= 0, batch_size >= 1 and buffer_steps >= 1, got {t.steps}, "
+             f"{t.batch_size}, {t.buffer_steps}")
+    _require(t.lr > 0 and t.weight_decay >= 0 and t.grad_clip >= 0,
+             f"rollout.spec.train: need lr > 0, weight_decay >= 0 and grad_clip >= 0 (0 = off), got {t.lr}, "
+             f"{t.weight_decay}, {t.grad_clip}")
+    _require(t.feature_weight >= 0 and t.ce_weight >= 0 and (t.feature_weight > 0 or t.ce_weight > 0),
+             f"rollout.spec.train: the loss weights must be >= 0 and not both 0, got feature_weight="
+             f"{t.feature_weight}, ce_weight={t.ce_weight}")
+    _require(s.drafter != "lm" or t.ce_weight > 0 or t.mode == "off",
+             "rollout.spec.drafter=lm has no features to regress: its only loss is the cross-entropy, so "
+             "rollout.spec.train.ce_weight must be > 0")
