@@ -113,6 +113,11 @@ class VLLMEngine:
             llm.init_weight_transfer_engine({"init_info": {}})  # IPC needs no rendezvous
         return cls(llm, tokenizer or llm.get_tokenizer(), settings, vllm.SamplingParams)
 
+    @property
+    def model(self):
+        raise NotImplementedError("the vLLM engine holds no Hugging Face model: model-based rewards (score_tokens, "
+                                  "e.g. likelihood) and the online drafter need rollout.engine=native")
+
     # ---- generation ------------------------------------------------------------------------
 
     def generate(self, req: GenerationRequest) -> RolloutBatch:

@@ -117,7 +117,7 @@ class SpecConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "native"
-    """native (PyTorch, CPU or GPU)."""
+    """native (PyTorch, CPU or GPU) | vllm (GPU; the ``gpu`` extra, rollout/vllm_engine.py)."""
     workers: int = 1
     """Rollout actors; prompts are split evenly between them."""
     n: int = 8

@@ -12,7 +12,7 @@ from rlreason.registry import RegistryError, check_kwargs
 
 DTYPES = ("float32", "bfloat16")
 LOGGERS = ("console", "jsonl", "wandb", "tensorboard")
-ENGINES = ("native",)
+ENGINES = ("native", "vllm")
 SPEC_DRAFTERS = ("eagle", "lm", "ngram")
 MAX_K = 16
 
@@ -52,9 +52,21 @@ def _check_data(cfg: RunConfig) -> None:
                           f"field is {{prompt}} ({type(e).__name__}: {e})") from None
 
 
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
 def _check_rollout(cfg: RunConfig) -> None:
     r = cfg.rollout
     _require(r.engine in ENGINES, f"rollout.engine={r.engine!r}: available engines are {', '.join(ENGINES)}")
+    _require(r.engine != "vllm" or vllm_installed(),
+             "rollout.engine=vllm needs vLLM, which is not installed here: pip install -e '.[gpu]' on a CUDA "
+             "machine, or use rollout.engine=native (PyTorch, CPU or GPU)")
+    _require(r.engine != "vllm" or not r.spec.enable,
+             "rollout.engine=vllm with rollout.spec.enable=true: the vLLM engine's speculative decoding "
+             "(rollout/vllm_engine.py) is not wired to the online drafter yet; use rollout.engine=native for SD")
     _require(r.n >= 1, f"rollout.n (samples per prompt) must be >= 1, got {r.n}")
     _require(r.temperature >= 0, f"rollout.temperature must be >= 0 (0 = greedy), got {r.temperature}")
     _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")

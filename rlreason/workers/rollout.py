@@ -14,6 +14,11 @@ class RolloutWorker:
         torch.set_num_threads(max(threads, 1))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
+        if cfg.rollout.engine == "vllm":  # vLLM loads the policy itself (rlreason/rollout/vllm_engine.py)
+            from rlreason.rollout.vllm_engine import engine_for_worker
+
+            self.engine, self.weights_version = engine_for_worker(cfg, model_path, tokenizer), 0
+            return
         model = load_model(model_path, cfg.model, device)
         from rlreason.rollout.native import NativeEngine
 

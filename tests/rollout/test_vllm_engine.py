@@ -162,6 +162,8 @@ def test_generate_translates_outputs_into_a_rollout_batch():
     assert torch.allclose(batch.rollout_logprobs[4], torch.tensor([-0.1, -0.2, -0.3]))  # the sampled token's
     assert batch.rollout_logprobs[0].tolist()[1:] == [0.0, 0.0]
     assert batch.gen_tokens == 1 + 2 + 1 + 2 + 3 and batch.response_text[2] == "s0"
+    with pytest.raises(NotImplementedError, match="rollout.engine=native"):
+        eng.model  # model-based rewards and the online drafter need the native engine's HF model
 
 
 def test_generate_reads_spec_metrics_as_a_delta_in_specstats_keys():

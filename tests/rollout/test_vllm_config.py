@@ -1,0 +1,51 @@
+"""rollout.engine=vllm in the config: validation names what is missing, and rollout.spec translates into
+vLLM's speculative_config (VLLMSettings)."""
+
+import os
+
+import pytest
+
+from rlreason.rollout import vllm_engine as ve
+
+
+def test_settings_from_config(tmp_path):
+    from transformers import LlamaConfig
+
+    from rlreason.config.schema import RunConfig
+    from rlreason.rollout.spec.drafters import EagleDrafter
+    from rlreason.rollout.spec.layers import DrafterConfig
+
+    cfg = RunConfig()
+    assert ve.settings_from_config(cfg, "/m", str(tmp_path)).method is None  # SD off by default
+    cfg.rollout.spec.enable, cfg.rollout.spec.drafter = True, "ngram"
+    cfg.rollout.spec.k = "3"
+    s = ve.settings_from_config(cfg, "/m", str(tmp_path))
+    assert s.llm_kwargs()["speculative_config"]["method"] == "ngram" and s.k == 3 and s.k_table is None
+    cfg.rollout.spec.drafter, cfg.rollout.spec.k = "eagle", "auto"
+    state = EagleDrafter(DrafterConfig(hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=40)).state_dict()
+    target = LlamaConfig(hidden_size=16, vocab_size=40, num_attention_heads=2, num_key_value_heads=2)
+    s = ve.settings_from_config(cfg, "/m", str(tmp_path), target, state)
+    spec = s.llm_kwargs()["speculative_config"]
+    assert spec["method"] == "eagle" and spec["num_speculative_tokens"] == max(cfg.rollout.spec.arms)
+    assert spec["model"] == os.path.join(str(tmp_path), "vllm_drafter")
+    assert spec["num_speculative_tokens_per_batch_size"][-1][2] == 0  # prior: SD off at large batch
+
+
+def test_config_names_the_missing_vllm(monkeypatch):
+    from rlreason.config import validate as v
+    from rlreason.config.compose import ConfigError
+    from rlreason.config.schema import RunConfig
+
+    cfg = RunConfig()
+    cfg.rollout.engine = "vllm"
+    monkeypatch.setattr(v, "vllm_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"rollout.engine=vllm needs vLLM.*\[gpu\]"):
+        v._check_rollout(cfg)
+    monkeypatch.setattr(v, "vllm_installed", lambda: True)
+    v._check_rollout(cfg)
+    cfg.rollout.engine = "sglang"
+    with pytest.raises(ConfigError, match="native, vllm"):
+        v._check_rollout(cfg)
+    cfg.rollout.engine, cfg.rollout.spec.enable = "vllm", True
+    with pytest.raises(ConfigError, match="not wired to the online drafter"):
+        v._check_rollout(cfg)
