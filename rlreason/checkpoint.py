@@ -68,7 +68,7 @@ MANIFEST = "manifest.json"
 STATE_FILE = "state.pt"
 LATEST = "latest"
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")  # restored on resume (rows up to the checkpoint's step)
-WALL_CLOCK_KEYS = ("time/", "rollout/tokens_per_s")  # prefixes of metrics that measure time, not training
+WALL_CLOCK_KEYS = ("time/", "rollout/tokens_per_s", "spec/time/")  # prefixes of metrics that measure time, not training
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 

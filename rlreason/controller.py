@@ -1,7 +1,10 @@
 """The controller: one readable RL loop on the driver, each phase named and timed.
 
     sample -> generate -> score -> shape -> filter -> logprobs -> advantages -> update -> observe -> sync
-           -> log -> eval -> checkpoint
+           -> drafter -> log -> eval -> checkpoint
+
+``drafter`` (only with rollout.spec.enable) trains the speculative drafter on the step's rollouts against
+the just-synced policy and publishes it to the rollout workers (rlreason.workers.drafter).
 
 The first five repeat as generation rounds when dynamic sampling refills the batch (``collect``).
 
@@ -24,6 +27,7 @@ from rlreason.config import RunConfig, to_yaml
 from rlreason.data.dataset import check_columns, encode_prompt, format_prompt, resolve_data
 from rlreason.data.sampler import PromptSampler, build_sampler
 from rlreason.models import load_tokenizer, resolve_model_path
+from rlreason.rollout.spec.stats import rollout_curve_metrics, spec_metrics
 from rlreason.sampling.base import Groups, SamplerContext, StepOutcome
 from rlreason.sampling.budget import apply_token_budget
 from rlreason.sampling.dot import build_shaper
@@ -75,12 +79,15 @@ class Trainer:
             self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, cfg.learner.world_size),
                                          placement)
         self.evaluator = self.build_evaluator()
+        self.drafter = self.build_drafter()
         # what a checkpoint holds, restored in this order (protocol: rlreason.checkpoint)
         self.checkpointer = Checkpointer(self.run_dir, cfg.trainer.keep_checkpoints)
         for name, component in (("trainer", self), ("sampler", self.sampler), ("learner", self.learners),
                                 ("model", ModelFiles(self.model_path, cfg.model.trust_remote_code))):
             self.checkpointer.register(name, component)
         self.checkpointer.register("dynamic_sampling", self.dynamic, optional=True)  # predictive: survival rates
+        if self.drafter is not None:  # optional: SD may be switched on when resuming a run that had it off
+            self.checkpointer.register("drafter", self.drafter, optional=True)
         self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
                          ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
 
@@ -108,8 +115,14 @@ class Trainer:
             self.sampler.observe(StepOutcome(step, groups, batch, updated))
         with t("sync"):
             self.sync_weights(version=step)
+        drafter_metrics = {}
+        if self.drafter is not None:
+            with t("drafter"):  # published with the policy it was trained on: both are version `step`
+                drafter_metrics = self.drafter.step(SequenceBatch.from_rollout(rollout), version=step)
         with t("log"):
             metrics = batches.step_metrics(rollout, rewards, lps, batch, stats)
+            metrics.update({**rollout_curve_metrics(rollout.batch_sizes), **spec_metrics(rollout.stats),
+                            **drafter_metrics})
             self.log.log_samples(batches.sample_rows(step, prompts, rollout, rewards, rows, cfg.data.answer_key,
                                                      cfg.trainer.samples_per_step))
             self.log.log_reward_errors(step, rewards.errors)
@@ -218,8 +231,21 @@ class Trainer:
                 self.log.message(f"sft warm-up {k}/{sft.steps}: loss {stats['loss']:.4f}")
         self.learners.reset_reference()  # KL is measured against the warmed-up policy
         self.sync_weights(version=0)
+        if self.drafter is not None and self.cfg.rollout.spec.train.warmup_steps:  # in-domain drafter warm start
+            demos = list(range(min(len(rows), 1024)))
+            responses = [self.tokenizer.encode(str(rows[i][sft.response_key]), add_special_tokens=False) + [eos]
+                         for i in demos]
+            seqs = batches.sft_batch([self.prompt_ids[i] for i in demos], responses, pad).seqs
+            self.log.message(self.drafter.warm_start(seqs))
 
     # ---- evaluation and checkpoints ---------------------------------------------------------
+
+    def build_drafter(self):
+        from rlreason.workers.drafter import DrafterGroup
+
+        if not self.cfg.rollout.spec.enable:
+            return None
+        return DrafterGroup(self.cfg, self.rollout, self.prompt_ids, self.tokenizer.eos_token_id, len(self.tokenizer))
 
     def build_evaluator(self):
         from rlreason.data.dataset import DataError

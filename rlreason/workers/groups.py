@@ -60,6 +60,7 @@ class RolloutGroup:
                        for w in range(cfg.rollout.workers)]
         wait_ready(self.actors, "rollout", cfg.cluster.init_timeout_s)
         self._weights = None  # (object ref, version) of the weights the workers hold, for restarted ones
+        self.on_restart: list = []  # more catch-up calls for a restarted worker w (e.g. the drafter's)
         self.supervisor = Supervisor(self.actors, "rollout", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s,
                                      on_restart=self._catch_up)
 
@@ -83,6 +84,8 @@ class RolloutGroup:
         """A restarted worker holds the initial model: load the current weights before it works again."""
         if self._weights is not None:
             _ray().get(self.actors[w].load_weights.remote(*self._weights))
+        for fn in self.on_restart:
+            fn(w)
 
 
 class RewardGroup:

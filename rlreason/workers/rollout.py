@@ -7,10 +7,12 @@ import torch
 from rlreason.config.schema import RunConfig
 from rlreason.models import load_model, load_tokenizer
 from rlreason.types import GenerationRequest, RolloutBatch, TokenScoreRequest, TokenScoreResult
+from rlreason.workers.drafter import DrafterHost
 
 
-class RolloutWorker:
+class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's calls (rollout.spec)
     def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+        self.cfg = cfg
         torch.set_num_threads(max(threads, 1))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
@@ -22,7 +24,12 @@ class RolloutWorker:
         model = load_model(model_path, cfg.model, device)
         from rlreason.rollout.native import NativeEngine
 
-        self.engine = NativeEngine(model, tokenizer, max_batch=cfg.rollout.batch_size)
+        if cfg.rollout.spec.enable:
+            from rlreason.workers.drafter import build_spec_engine
+
+            self.engine = build_spec_engine(cfg, model, tokenizer)
+        else:
+            self.engine = NativeEngine(model, tokenizer, max_batch=cfg.rollout.batch_size)
         self.weights_version = 0
 
     def ready(self) -> bool:

@@ -1,0 +1,161 @@
+"""The speculative drafter across Ray: its host inside each rollout worker, and the driver's handle.
+
+Where it trains: on rollout worker 0, right after the weight sync, because that worker already
+holds the new policy (the target the drafter must imitate next) and its tokenizer; the learner is
+left alone and nothing large crosses the network (rollout token ids in, drafter weights out).
+Deterministic mode (``rollout.spec.train.mode``): ``steps`` drafter steps after every RL step.
+
+Versioning: the drafter trained after RL step s is published as version s, the policy version it
+was trained against, to every worker before the rollout of step s+1; so every rollout runs one
+fixed (policy version, drafter version) pair, and they are equal after the first step.
+
+Restarts: a restarted worker gets the vocabulary map and the latest published drafter again. A
+restarted worker 0 loses the trainer's optimizer and buffer (its drafter resumes from the latest
+publish); a checkpoint keeps all three.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rlreason.config.schema import RunConfig
+from rlreason.types import SequenceBatch
+
+
+def build_spec_engine(cfg: RunConfig, model, tokenizer, vocab_map: Optional[Tensor] = None):
+    """The SpeculativeEngine of ``rollout.spec`` around ``model`` (every worker builds the same drafter)."""
+    from rlreason.rollout.spec.build import build_drafter, build_strategy
+    from rlreason.rollout.spec.engine import SpeculativeEngine
+
+    spec = cfg.rollout.spec
+    return SpeculativeEngine(model, tokenizer, build_drafter(spec, model, vocab_map, seed=cfg.trainer.seed),
+                             build_strategy(spec, seed=cfg.trainer.seed), max_batch=cfg.rollout.batch_size)
+
+
+class DrafterHost:
+    """Mixed into RolloutWorker (which sets ``self.cfg`` and ``self.engine``): drafter calls of the actor."""
+
+    def init_drafter(self, vocab_map: Optional[Tensor]) -> bool:
+        """Rebuild the engine's drafter over ``vocab_map`` (a reduced draft vocabulary, or None)."""
+        from rlreason.rollout.spec.build import build_drafter
+
+        self.vocab_map = vocab_map
+        self.engine.drafter = build_drafter(self.cfg.rollout.spec, self.engine.model, vocab_map,
+                                            seed=self.cfg.trainer.seed)
+        self.drafter_version = 0
+        return True
+
+    def load_drafter(self, weights) -> int:
+        """Install published drafter weights (``DrafterWeights``); returns their version."""
+        self.engine.drafter.load_state_dict(weights.state)
+        self.drafter_version = weights.version
+        return weights.version
+
+    def _trainer(self):
+        """The drafter trainer, built on first use from the engine's current drafter."""
+        if getattr(self, "drafter_trainer", None) is None:
+            from rlreason.rollout.spec.build import build_drafter
+            from rlreason.rollout.spec.train import DrafterTrainer
+
+            spec = self.cfg.rollout.spec
+            drafter = build_drafter(spec, self.engine.model, getattr(self, "vocab_map", None),
+                                    seed=self.cfg.trainer.seed)
+            drafter.load_state_dict(self.engine.drafter.state_dict())
+            self.drafter_trainer = DrafterTrainer(drafter, self.engine.model, spec.train, self.cfg.rollout.temperature,
+                                                  self.engine.pad_id, seed=self.cfg.trainer.seed)
+        return self.drafter_trainer
+
+    def train_drafter(self, seqs: SequenceBatch, version: int, steps: Optional[int] = None):
+        """One RL step's drafter phase on this worker's (already synced) policy -> ``DrafterUpdate``."""
+        from rlreason.rollout.spec.train import DrafterUpdate
+
+        trainer = self._trainer()
+        metrics = trainer.step(seqs, version, steps)
+        return DrafterUpdate(trainer.weights(version), metrics)
+
+    def drafter_state(self) -> dict:
+        return self._trainer().state_dict()
+
+    def load_drafter_state(self, state: dict) -> bool:
+        self._trainer().load_state_dict(state)
+        return True
+
+
+class DrafterGroup:
+    """Driver side: trains on rollout worker 0 after each RL step, publishes to every worker, checkpoints."""
+
+    def __init__(self, cfg: RunConfig, rollout, prompt_ids: list[list[int]], eos_id: int, vocab_size: int):
+        import ray
+
+        from rlreason.rollout.spec.build import prompt_vocab_map
+
+        self.cfg, self.rollout = cfg, rollout
+        spec = cfg.rollout.spec
+        self.vocab_map = prompt_vocab_map(prompt_ids, spec.draft_vocab, vocab_size, (eos_id,))
+        self.trains = spec.drafter != "ngram" and spec.train.mode == "deterministic"
+        self.latest = None  # the last published DrafterWeights (for restarted workers and checkpoints)
+        ray.get([a.init_drafter.remote(self.vocab_map) for a in rollout.actors])
+        rollout.on_restart.append(self._catch_up)
+
+    @property
+    def version(self) -> int:
+        return self.latest.version if self.latest is not None else 0
+
+    def step(self, seqs: SequenceBatch, version: int) -> dict[str, float]:
+        """Train on this step's rollouts and publish as ``version`` (the policy version just synced)."""
+        import ray
+
+        if self.trains:
+            update = ray.get(self.rollout.actors[0].train_drafter.remote(seqs, version))
+            self.publish(update.weights)
+            return {**update.metrics, "drafter/version": float(self.version)}
+        return {"drafter/version": float(self.version)}
+
+    def warm_start(self, seqs: SequenceBatch) -> str:
+        """``warmup_steps`` drafter steps on the SFT demonstrations ``seqs``, published as version 0."""
+        import ray
+
+        steps = self.cfg.rollout.spec.train.warmup_steps
+        if not (self.trains and steps):
+            return ""
+        update = ray.get(self.rollout.actors[0].train_drafter.remote(seqs, 0, steps))
+        self.publish(update.weights)
+        m = update.metrics
+        return (f"drafter warm start: {steps} steps on {len(seqs)} demonstrations, loss {m['drafter/loss']:.4f}, "
+                f"acceptance {m['drafter/accept_before']:.3f} -> {m['drafter/accept_after']:.3f}")
+
+    def publish(self, weights) -> None:
+        import ray
+
+        self.latest = weights
+        ref = ray.put(weights)  # one copy in the object store, read by every worker
+        ray.get([a.load_drafter.remote(ref) for a in self.rollout.actors])
+
+    def _catch_up(self, w: int) -> None:
+        import ray
+
+        actor = self.rollout.actors[w]
+        ray.get(actor.init_drafter.remote(self.vocab_map))
+        if self.latest is not None:
+            ray.get(actor.load_drafter.remote(self.latest))
+
+    # checkpoint protocol (rlreason.checkpoint): the trainer's state lives on worker 0
+    def state_dict(self) -> dict:
+        import ray
+
+        trainer = ray.get(self.rollout.actors[0].drafter_state.remote()) if self.trains else None
+        latest = None if self.latest is None else {"version": self.latest.version, "state": self.latest.state}
+        return {"trainer": trainer, "latest": latest}
+
+    def load_state_dict(self, state: dict) -> None:
+        import ray
+
+        from rlreason.rollout.spec.train import DrafterWeights
+
+        if state["latest"] is not None:
+            self.publish(DrafterWeights(state["latest"]["version"], state["latest"]["state"]))
+        if self.trains and state["trainer"] is not None:
+            ray.get(self.rollout.actors[0].load_drafter_state.remote(state["trainer"]))
