@@ -5,8 +5,9 @@
 
 Models (``bench_rollout_models.py``): a 12-layer Llama trained on the quickstart's arithmetic task
 (2-12 terms) and a one-layer EAGLE drafter distilled from the target's own samples. Workload: 8
-prompts whose term counts (``--terms``) give a long-tailed length mix, so the live batch shrinks from
-8 to 1 as in an RL step's tail; sampled at temperature 1.
+prompts of different term counts (``--terms``; longer sums have longer solutions, as far as the
+target has learned them), so the live batch shrinks from 8 to 1 as in an RL step's tail; sampled
+at temperature 1.
 
 Protocol: one process, ``--threads`` torch threads (1 by default: on a shared 2-core machine a second
 OpenMP thread waits on a descheduled sibling and was 10-20x slower in a probe), warm-up rollouts, then
