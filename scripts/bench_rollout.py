@@ -189,7 +189,7 @@ def report(args, info: dict, runs: dict, prof: dict, adaptive: AdaptiveK, load_s
         acc = unconditional(runs[f"k{k}"][-1]["metrics"], k)
         pred[f"k{k}"] = {"formula_batch1": round(predicted(prof, acc, k), 3),
                          "measured_tail": out_modes[f"k{k}"]["speedup_tail"].get("median")}
-    table = adaptive.table(batches=(1, 2, 3, 4, 5, 8))
+    table = adaptive.table(batches=(1, 2, 3, 4, 8, 16, 32))
     pred["adaptive"] = {"k_table": table, "selector_goodput_ratio": {
         b: round(adaptive.goodput(b, k) / adaptive.goodput(b, 0), 3) if k and adaptive.goodput(b, 0) else 1.0
         for b, k in table.items()}}
