@@ -104,6 +104,8 @@ class Trainer:
             self.log.message(f"step {step}: no group left to train on ({filtered:.0f} filtered by dynamic sampling; "
                              "reward errors, if any, in reward_errors.jsonl)")
             return {**batches.dropped_step_metrics(rewards), **groups.stats, **t.metrics()}
+        if self.drafter is not None:  # spot mode: worker 0 trains the drafter while it waits for the sync
+            self.drafter.spot_start(SequenceBatch.from_rollout(rollout), step)
         with t("logprobs"):
             lps = self.learners.logprobs(SequenceBatch.from_rollout(rollout))
         with t("advantages"):

@@ -61,10 +61,11 @@ class DrafterTrainConfig:
 
     mode: str = "deterministic"
     """deterministic (``steps`` drafter steps after each RL step, at the weight sync; the CPU default) |
-    off (the drafter stays as initialised or restored: a frozen drafter). TLT's spot mode (train on a
-    rollout worker whose share is done, preempted by the next rollout) is not built."""
+    spot (TLT: rollout worker 0 trains in the background from the end of the step's rollouts until
+    it is needed again, the weight sync; not reproducible step for step) | off (the drafter stays as
+    initialised or restored: a frozen drafter)."""
     steps: int = 8
-    """Drafter optimizer steps per RL step."""
+    """Drafter optimizer steps per RL step (spot: at most this many per idle window; 0 = until preempted)."""
     batch_size: int = 32
     """Sequences per drafter step (sampled from the buffer)."""
     buffer_steps: int = 2

@@ -263,9 +263,9 @@ def _check_spec(cfg: RunConfig) -> None:
     _require(s.drafter_layers >= 1 and s.lm_hidden_size >= 0,
              f"rollout.spec: drafter_layers must be >= 1 and lm_hidden_size >= 0, got {s.drafter_layers}, "
              f"{s.lm_hidden_size}")
-    _require(t.mode != "spot", "rollout.spec.train.mode=spot (train on idle rollout workers, TLT) is not built yet: "
-             "use deterministic (train after each RL step) or off (frozen drafter)")
-    _require(t.mode in ("deterministic", "off"), f"rollout.spec.train.mode={t.mode!r}: use deterministic or off")
+    _require(t.mode in ("deterministic", "spot", "off"),
+             f"rollout.spec.train.mode={t.mode!r}: use deterministic (train after each RL step), spot (train on "
+             "rollout worker 0 while it is idle) or off (frozen drafter)")
     _require(t.warmup_steps >= 0, f"rollout.spec.train.warmup_steps must be >= 0, got {t.warmup_steps}")
     _require(t.steps >= 0 and t.batch_size >= 1 and t.buffer_steps >= 1,
              f"rollout.spec.train: need steps >= 0, batch_size >= 1 and buffer_steps >= 1, got {t.steps}, "

@@ -4,6 +4,12 @@ Where it trains: on rollout worker 0, right after the weight sync, because that 
 holds the new policy (the target the drafter must imitate next) and its tokenizer; the learner is
 left alone and nothing large crosses the network (rollout token ids in, drafter weights out).
 Deterministic mode (``rollout.spec.train.mode``): ``steps`` drafter steps after every RL step.
+Spot mode (TLT): once the step's rollouts are collected, worker 0 is idle until the weight sync (the
+score, log-prob and update phases), so a background thread trains the drafter there, one step at a
+time, until the worker is needed again: ``generate``, ``load_weights`` or ``score_tokens`` stop it
+after its current step (``steps`` caps a window; 0 = until preempted). It trains against the policy
+that wrote the rollouts, one update behind the one it is published with (TLT's one-step offset),
+and how many steps fit depends on timing, so spot runs are not reproducible step for step.
 
 Versioning: the drafter trained after RL step s is published as version s, the policy version it
 was trained against, to every worker before the rollout of step s+1; so every rollout runs one
@@ -16,6 +22,7 @@ publish); a checkpoint keeps all three.
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -76,7 +83,52 @@ class DrafterHost:
         metrics = trainer.step(seqs, version, steps)
         return DrafterUpdate(trainer.weights(version), metrics)
 
+    # ---- spot mode: train while the worker is idle, stop when it is needed ----------------------
+
+    def spot_start(self, seqs: SequenceBatch, step: int) -> bool:
+        """Add the step's rollouts to the buffer and train in the background until preempted."""
+        self.spot_halt()
+        trainer, stop = self._trainer(), threading.Event()
+        trainer.add(seqs, step)
+        limit = self.cfg.rollout.spec.train.steps
+        self._spot = {"stop": stop, "steps": 0, "sums": {}}
+
+        def loop(state=self._spot):
+            while not stop.is_set() and (limit == 0 or state["steps"] < limit):
+                stats = trainer.train(1)
+                if not stats:  # nothing to train on
+                    return
+                state["steps"] += 1
+                for k, v in stats.items():
+                    state["sums"][k] = state["sums"].get(k, 0.0) + v
+
+        self._spot_thread = threading.Thread(target=loop, name="drafter-spot", daemon=True)
+        self._spot_thread.start()
+        return True
+
+    def spot_halt(self) -> None:
+        """Preempt the background training (it finishes its current drafter step first)."""
+        thread = getattr(self, "_spot_thread", None)
+        if thread is not None:
+            self._spot["stop"].set()
+            thread.join()
+            self._spot_thread = None
+
+    def spot_collect(self, version: int):
+        """Stop training and hand over what the idle window produced, as ``version`` (a DrafterUpdate)."""
+        from rlreason.rollout.spec.train import DrafterUpdate
+
+        self.spot_halt()
+        trainer = self._trainer()
+        spot = getattr(self, "_spot", None) or {"steps": 0, "sums": {}}
+        n = spot["steps"]
+        metrics = {k: v / n for k, v in spot["sums"].items()} if n else {}
+        metrics.update({"drafter/spot_steps": float(n), "drafter/updates": float(trainer.updates)})
+        self._spot = None
+        return DrafterUpdate(trainer.weights(version), metrics)
+
     def drafter_state(self) -> dict:
+        self.spot_halt()
         return self._trainer().state_dict()
 
     def load_drafter_state(self, state: dict) -> bool:
@@ -95,7 +147,8 @@ class DrafterGroup:
         self.cfg, self.rollout = cfg, rollout
         spec = cfg.rollout.spec
         self.vocab_map = prompt_vocab_map(prompt_ids, spec.draft_vocab, vocab_size, (eos_id,))
-        self.trains = spec.drafter != "ngram" and spec.train.mode == "deterministic"
+        self.trains = spec.drafter != "ngram" and spec.train.mode in ("deterministic", "spot")
+        self.spot = self.trains and spec.train.mode == "spot"
         self.latest = None  # the last published DrafterWeights (for restarted workers and checkpoints)
         ray.get([a.init_drafter.remote(self.vocab_map) for a in rollout.actors])
         rollout.on_restart.append(self._catch_up)
@@ -104,12 +157,20 @@ class DrafterGroup:
     def version(self) -> int:
         return self.latest.version if self.latest is not None else 0
 
+    def spot_start(self, seqs: SequenceBatch, step: int) -> None:
+        """Spot mode: worker 0 trains on this step's rollouts while it waits for the weight sync."""
+        import ray
+
+        if self.spot:
+            ray.get(self.rollout.actors[0].spot_start.remote(seqs, step))
+
     def step(self, seqs: SequenceBatch, version: int) -> dict[str, float]:
-        """Train on this step's rollouts and publish as ``version`` (the policy version just synced)."""
+        """Train on this step's rollouts (spot: collect what trained meanwhile) and publish as ``version``."""
         import ray
 
         if self.trains:
-            update = ray.get(self.rollout.actors[0].train_drafter.remote(seqs, version))
+            worker = self.rollout.actors[0]
+            update = ray.get(worker.spot_collect.remote(version) if self.spot else worker.train_drafter.remote(seqs, version))
             self.publish(update.weights)
             return {**update.metrics, "drafter/version": float(self.version)}
         return {"drafter/version": float(self.version)}

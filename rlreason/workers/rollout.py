@@ -36,16 +36,19 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
         return True
 
     def generate(self, req: GenerationRequest) -> RolloutBatch:
+        self.spot_halt()  # the drafter's spot training yields the worker (rollout.spec.train.mode=spot)
         return self.engine.generate(req)
 
     def score_tokens(self, req: TokenScoreRequest) -> TokenScoreResult:
         """Log-probs of text continuations under the current policy (model rewards, e.g. likelihood)."""
+        self.spot_halt()
         from rlreason.workers.scoring import continuation_logprobs
 
         return continuation_logprobs(self.engine.model, self.engine.tokenizer, req)
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
         """Replace the policy weights (called at every step boundary); returns the new version."""
+        self.spot_halt()
         self.engine.load_state_dict(state)
         self.weights_version = version
         return version
