@@ -94,13 +94,16 @@ class DrafterHost:
         self._spot = {"stop": stop, "steps": 0, "sums": {}}
 
         def loop(state=self._spot):
-            while not stop.is_set() and (limit == 0 or state["steps"] < limit):
-                stats = trainer.train(1)
-                if not stats:  # nothing to train on
-                    return
-                state["steps"] += 1
-                for k, v in stats.items():
-                    state["sums"][k] = state["sums"].get(k, 0.0) + v
+            try:
+                while not stop.is_set() and (limit == 0 or state["steps"] < limit):
+                    stats = trainer.train(1)
+                    if not stats:  # nothing to train on
+                        return
+                    state["steps"] += 1
+                    for k, v in stats.items():
+                        state["sums"][k] = state["sums"].get(k, 0.0) + v
+            except BaseException as e:  # re-raised by spot_collect on the actor's thread, where Ray reports it
+                state["error"] = e
 
         self._spot_thread = threading.Thread(target=loop, name="drafter-spot", daemon=True)
         self._spot_thread.start()
@@ -121,10 +124,12 @@ class DrafterHost:
         self.spot_halt()
         trainer = self._trainer()
         spot = getattr(self, "_spot", None) or {"steps": 0, "sums": {}}
+        self._spot = None
+        if "error" in spot:
+            raise RuntimeError("spot-mode drafter training failed in its background thread") from spot["error"]
         n = spot["steps"]
         metrics = {k: v / n for k, v in spot["sums"].items()} if n else {}
         metrics.update({"drafter/spot_steps": float(n), "drafter/updates": float(trainer.updates)})
-        self._spot = None
         return DrafterUpdate(trainer.weights(version), metrics)
 
     def drafter_state(self) -> dict:

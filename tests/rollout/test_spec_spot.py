@@ -4,6 +4,7 @@ what it trained as the published version."""
 
 import time
 
+import pytest
 import torch
 
 from rlreason.config import load_config
@@ -65,3 +66,16 @@ def test_spot_window_is_capped_by_steps_and_generate_preempts(tiny_model_dir):
     rollouts(w, seed=3)  # generation preempts the window
     assert w._spot_thread is None
     assert w.spot_collect(version=2).metrics["drafter/spot_steps"] <= 3
+
+
+def test_an_error_in_the_background_thread_is_raised_at_collection(tiny_model_dir, monkeypatch):
+    def broken_train(steps=None):
+        raise ValueError("drafter blew up")
+
+    w = worker(tiny_model_dir, steps=2)
+    monkeypatch.setattr(w._trainer(), "train", broken_train)
+    w.spot_start(rollouts(w), step=1)
+    wait_for(lambda: not w._spot_thread.is_alive())
+    with pytest.raises(RuntimeError, match="background thread") as info:
+        w.spot_collect(version=1)
+    assert isinstance(info.value.__cause__, ValueError)
