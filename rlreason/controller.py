@@ -245,8 +245,8 @@ class Trainer:
     def build_drafter(self):
         from rlreason.workers.drafter import DrafterGroup
 
-        if not self.cfg.rollout.spec.enable:
-            return None
+        if not self.cfg.rollout.spec.enable or self.cfg.rollout.engine == "vllm":
+            return None  # vLLM runs only the n-gram drafter (its own prompt lookup): nothing to train or publish
         return DrafterGroup(self.cfg, self.rollout, self.prompt_ids, self.tokenizer.eos_token_id, len(self.tokenizer))
 
     def build_evaluator(self):

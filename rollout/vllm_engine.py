@@ -267,10 +267,10 @@ def prior_k_table(kmax: int) -> dict[int, int]:
 
 
 def engine_for_worker(cfg, model_path: str, tokenizer) -> VLLMEngine:
-    """The rollout worker's vLLM engine: policy from ``model_path``, no speculative decoding.
+    """The rollout worker's vLLM engine: policy from ``model_path``; with rollout.spec.enable, vLLM's n-gram SD.
 
-    SD on vLLM is available at the engine level (``settings_from_config`` with a drafter state) but
-    not wired to the online drafter of rlreason/workers/drafter.py, so validation refuses
-    rollout.engine=vllm with rollout.spec.enable=true for now.
+    EAGLE / draft-model SD on vLLM is available at the engine level (``settings_from_config`` with a
+    drafter state) but not wired to the online drafter of rlreason/workers/drafter.py, so validation
+    allows only rollout.spec.drafter=ngram with rollout.engine=vllm for now.
     """
     return VLLMEngine.build(settings_from_config(cfg, model_path, run_dir=""), tokenizer)
