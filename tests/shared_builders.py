@@ -35,3 +35,16 @@ def session_processes(sid: int) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def teacher_forced_logprobs(model, out, temperature: float) -> torch.Tensor:
+    """[N, T] log-probs of a RolloutBatch's responses from one full forward of prompt + response."""
+    from rlreason.kernels.logprobs import token_logprobs_entropy
+
+    ids = torch.cat([out.prompt_ids, out.response_ids], 1)
+    mask = torch.cat([out.prompt_mask, out.response_mask.long()], 1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    P = out.prompt_ids.shape[1]
+    return token_logprobs_entropy(logits[:, P - 1:-1], ids[:, P:], temperature)[0]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.kernels.logprobs import token_logprobs_entropy
 from rlreason.rollout.native import NativeEngine
 from rlreason.types import GenerationRequest, SamplingParams
+from shared_builders import teacher_forced_logprobs
 
 
 def engine_for(path, max_batch=0):
@@ -67,13 +67,7 @@ def test_rollout_logprobs_equal_a_full_forward(tiny_model_dir):
     """Cached incremental decoding with left padding gives the learner's teacher-forced log-probs."""
     eng, tok, model = engine_for(tiny_model_dir)
     out = eng.generate(request(tok, SamplingParams(temperature=0.8, max_new_tokens=8), sizes=(2, 2, 2)))
-    ids = torch.cat([out.prompt_ids, out.response_ids], 1)
-    mask = torch.cat([out.prompt_mask, out.response_mask.long()], 1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    P = out.prompt_ids.shape[1]
-    lp, _ = token_logprobs_entropy(logits[:, P - 1:-1], ids[:, P:], 0.8)
+    lp = teacher_forced_logprobs(model, out, 0.8)
     m = out.response_mask.bool()
     assert torch.allclose(lp[m], out.rollout_logprobs[m], atol=1e-4)
 

@@ -10,6 +10,7 @@ from rlreason.rollout.native import NativeEngine
 from rlreason.rollout.spec import verify
 from rlreason.rollout.spec.verify import target_probs
 from rlreason.types import GenerationRequest, SamplingParams
+from shared_builders import teacher_forced_logprobs
 from spec_helpers import load, make_drafter, small_vocab_model, spec_engine
 
 PROMPTS = ["Q: 1+2 =\nA:", "Q: 33+4+5 =\nA:", "Q: 7 =\nA:"]
@@ -46,13 +47,7 @@ def test_logprobs_equal_a_full_forward_after_ragged_rollbacks(tiny_model_dir, ki
     out = eng.generate(request(tok, SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=16), (3, 3, 3)))
     if kind == "ngram":  # ragged acceptance across rows and iterations did happen
         assert 0 < out.stats["spec/n/accepted"] < out.stats["spec/n/draft_tokens"]
-    ids = torch.cat([out.prompt_ids, out.response_ids], 1)
-    mask = torch.cat([out.prompt_mask, out.response_mask.long()], 1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    P = out.prompt_ids.shape[1]
-    lp = torch.log_softmax(logits[:, P - 1:-1] / 0.9, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
+    lp = teacher_forced_logprobs(model, out, 0.9)
     m = out.response_mask.bool()
     assert torch.allclose(lp[m], out.rollout_logprobs[m], atol=1e-4)
 
