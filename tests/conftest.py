@@ -42,3 +42,13 @@ def eos_model_dir(tmp_path_factory, tiny_model_dir):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster for one test module (2 CPUs, no dashboard), shut down after it."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

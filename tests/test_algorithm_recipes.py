@@ -39,15 +39,6 @@ def test_every_registered_name_has_a_run():
     assert names <= set(RUNS) | set(COVERED_ELSEWHERE), names - set(RUNS) - set(COVERED_ELSEWHERE)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUNS))
 def test_two_steps_from_the_recipe(ray_local, tiny_model_dir, tmp_path, name):

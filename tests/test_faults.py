@@ -20,15 +20,6 @@ TINY = ["model.builder_kwargs.hidden_size=32", "model.builder_kwargs.num_layers=
         "data.generator_kwargs.num_val=8"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 # ---- without a cluster ---------------------------------------------------------------------------
 
 def test_out_of_memory_is_explained_with_its_phase_and_a_hint():

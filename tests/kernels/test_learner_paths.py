@@ -63,15 +63,6 @@ def test_learner_loss_and_grads_match_naive(tiny_model_dir, impl):
         torch.testing.assert_close(g1[k], g0[k], atol=1e-5, rtol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def zero3_update(model_dir, impl):
     """One RL step on two ZeRO-3 learners; returns old log-probs, stats and the new weights."""
     import ray

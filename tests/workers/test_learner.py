@@ -12,15 +12,6 @@ from shared_builders import fixed_batch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def config(model_dir, **overrides):
     args = [f"{k}={v}" for k, v in overrides.items()]
     return load_config(["recipe=quickstart", f"model.path={model_dir}", "learner.lr=1e-2", *args])

@@ -19,15 +19,6 @@ RUNS = {  # name -> overrides
 }
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def grouped_batch(model_dir, keep_groups):
     """12 responses in 3 groups of 4 (rows shuffled), mixed 0/1 rewards, GRPO-like ±1 advantages."""
     from transformers import AutoTokenizer
