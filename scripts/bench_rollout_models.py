@@ -119,7 +119,7 @@ def cached_models(cache: str, layers: int, hidden: int, target_steps: int, draft
         info = train_target(tdir, layers, hidden, target_steps, seed)
         json.dump(info, open(info_path, "w"))
     model, tok = load(tdir)
-    dpath = os.path.join(tdir, f"eagle_s{drafter_steps}.pt")
+    dpath = os.path.join(tdir, f"eagle1_s{drafter_steps}.pt")
     if os.path.isfile(dpath):
         drafter = build_drafter(EAGLE, model, seed=seed)
         drafter.load_state_dict(torch.load(dpath))

@@ -141,6 +141,9 @@ class EagleDrafter(NeuralDrafter):
     def __init__(self, cfg: DrafterConfig, vocab_map: Optional[Tensor] = None):
         super().__init__(cfg, vocab_map)
         self.fc = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        # EAGLE-1 feeds fc's output to layer 0 without an input norm (the EAGLE code, and vLLM's EAGLE
+        # layout): the same function here, so a drafter published to vLLM computes what it was trained to
+        self.layers[0].input_layernorm = nn.Identity()
         self._shared: tuple = ()
 
     def attach(self, embed: nn.Module, head: nn.Module) -> "EagleDrafter":
