@@ -245,8 +245,9 @@ class Trainer:
     def build_drafter(self):
         from rlreason.workers.drafter import DrafterGroup
 
-        if not self.cfg.rollout.spec.enable or self.cfg.rollout.engine == "vllm":
-            return None  # vLLM runs only the n-gram drafter (its own prompt lookup): nothing to train or publish
+        spec = self.cfg.rollout.spec
+        if not spec.enable or (self.cfg.rollout.engine == "vllm" and spec.drafter == "ngram"):
+            return None  # vLLM's n-gram drafter is its own prompt lookup: nothing to train or publish
         return DrafterGroup(self.cfg, self.rollout, self.prompt_ids, self.tokenizer.eos_token_id, len(self.tokenizer))
 
     def build_evaluator(self):

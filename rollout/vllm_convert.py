@@ -247,31 +247,65 @@ def eagle_checkpoint_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor],
     """Our EagleDrafter state dict -> (tensors under vLLM's EAGLE-1 Llama names, names dropped).
 
     Names already match (``fc``, ``layers.i.self_attn.q_proj`` ... in Hugging Face Llama form,
-    rollout/spec/layers.py); vLLM stacks q/k/v and gate/up itself. Dropped: ``vocab_map`` (EAGLE-1
-    in vLLM has no reduced vocabulary) and ``layers.0.input_layernorm.weight`` (vLLM's EAGLE-1 layer
-    0 has no input norm, as in the EAGLE paper's code; our drafter has one, so a published drafter
-    computes a slightly different function: acceptance may change, exactness cannot).
+    rollout/spec/layers.py); vLLM stacks q/k/v and gate/up itself, and like our drafter has no input
+    norm on layer 0 and no final norm. Dropped: ``vocab_map`` (EAGLE-1 in vLLM has no reduced
+    vocabulary; validation refuses rollout.spec.draft_vocab with vLLM).
     """
     keep, dropped = {}, []
     for name, t in state.items():
-        if name == "vocab_map" or name == "layers.0.input_layernorm.weight":
+        if name == "vocab_map":
             dropped.append(name)
         else:
             keep[name] = t
     return keep, dropped
 
 
-def write_eagle_checkpoint(state: dict[str, Tensor], target_config, out_dir: str) -> str:
-    """Save a drafter as an EAGLE checkpoint vLLM loads with ``method="eagle"`` (config.json + safetensors)."""
+def draft_model_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our SmallLMDrafter state dict -> Hugging Face Llama names (``model.`` on all but ``lm_head``).
+
+    A reduced vocabulary cannot be published: vLLM's draft model proposes over the full vocabulary.
+    """
+    if state.get("vocab_map") is not None:
+        raise ValueError("a draft_model drafter with a reduced vocabulary cannot be published to vLLM "
+                         "(set rollout.spec.draft_vocab=0)")
+    return {(n if n.startswith("lm_head") else "model." + n): t for n, t in state.items() if n != "vocab_map"}
+
+
+def draft_llama_config(drafter_cfg, target_config, num_layers: int) -> dict[str, Any]:
+    """config.json of a drafter checkpoint: a plain Llama of the drafter's own shape.
+
+    Written from the drafter's shape, not copied from the target, so nothing of the target's
+    architecture leaks in where the drafter differs: full multi-head attention (no GQA), no biases,
+    the drafter's norm eps and plain RoPE (no scaling). The context length is the target's.
+    """
+    from transformers import LlamaConfig
+
+    heads = drafter_cfg.num_heads
+    cfg = LlamaConfig(vocab_size=drafter_cfg.vocab_size, hidden_size=drafter_cfg.hidden_size,
+                      intermediate_size=drafter_cfg.intermediate_size, num_hidden_layers=num_layers,
+                      num_attention_heads=heads, num_key_value_heads=heads,
+                      head_dim=drafter_cfg.hidden_size // heads, rms_norm_eps=drafter_cfg.eps,
+                      rope_theta=drafter_cfg.rope_theta, tie_word_embeddings=False,
+                      max_position_embeddings=getattr(target_config, "max_position_embeddings", 4096),
+                      bos_token_id=getattr(target_config, "bos_token_id", None),
+                      eos_token_id=getattr(target_config, "eos_token_id", None))
+    out = cfg.to_dict()
+    out.update(architectures=["LlamaForCausalLM"], rope_theta=drafter_cfg.rope_theta)
+    return out
+
+
+def write_drafter_checkpoint(drafter, target_config, out_dir: str) -> str:
+    """Save a neural drafter where vLLM's speculative ``model`` can load it (config.json + safetensors).
+
+    EagleDrafter -> an EAGLE-1 checkpoint (``method="eagle"``: fc and the decoder layers; embedding
+    and head are the target's); SmallLMDrafter -> a standalone Llama (``method="draft_model"``).
+    """
     from safetensors.torch import save_file
 
-    tensors, _ = eagle_checkpoint_state(state)
-    layers = 1 + max(int(n.split(".")[1]) for n in tensors if n.startswith("layers."))
-    cfg = target_config.to_dict()
-    cfg.update(num_hidden_layers=layers, architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
+    state = drafter.state_dict()
+    tensors = eagle_checkpoint_state(state)[0] if drafter.needs_features else draft_model_state(state)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+        json.dump(draft_llama_config(drafter.cfg, target_config, len(drafter.layers)), f, indent=1)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, os.path.join(out_dir, "model.safetensors"))
     return out_dir

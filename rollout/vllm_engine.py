@@ -22,6 +22,10 @@ Log-probs are vLLM's ``processed_logprobs`` (after the temperature; with top-k/t
 renormalises over the kept tokens, unlike the native engine). The learner recomputes old
 log-probs either way (speculative.md §5.8: engine log-probs under SD have had bugs).
 
+The online drafter (EAGLE-1 or lm) trains outside vLLM, on a Hugging Face copy of the policy that
+rollout worker 0 keeps in step with every sync (rlreason/workers/drafter.py); this engine only
+starts from the initial drafter's checkpoint and takes each new version by ``load_drafter_state``.
+
 Not here: the learner half of an NCCL sync (vLLM's trainer-side engine runs in the learner;
 ``vllm_convert.nccl_update_info`` is the metadata both sides use), EAGLE-3 drafter publishing
 (a different architecture from our EAGLE-1/2 drafter), the HF-model paths (``score_tokens``).
@@ -38,8 +42,9 @@ from typing import Any, Optional
 import torch
 
 from rlreason.rollout.vllm_convert import (
-    BUCKET_BYTES, DRAFTER_METHOD, eagle_checkpoint_state, ipc_update_info, k_schedule, read_spec_counters,
-    sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch, weight_buckets, write_eagle_checkpoint,
+    BUCKET_BYTES, DRAFTER_METHOD, draft_model_state, eagle_checkpoint_state, ipc_update_info, k_schedule,
+    read_spec_counters, sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch, weight_buckets,
+    write_drafter_checkpoint,
 )
 from rlreason.types import GenerationRequest, RolloutBatch
 
@@ -90,6 +95,8 @@ class VLLMEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.asleep = 0  # sleep level in force (0 = awake)
         self.pending_table: Optional[dict[int, int]] = None  # the selector's latest K table
+        self.drafter_tensors: Optional[dict[str, torch.Tensor]] = None  # the drafter vLLM holds (vLLM names, CPU)
+        self.drafter_lost = False  # a level-2 sleep discarded the drafter's weights with the target's
 
     @classmethod
     def build(cls, settings: VLLMSettings, tokenizer=None) -> "VLLMEngine":
@@ -116,7 +123,7 @@ class VLLMEngine:
     @property
     def model(self):
         raise NotImplementedError("the vLLM engine holds no Hugging Face model: model-based rewards (score_tokens, "
-                                  "e.g. likelihood) and the online drafter need rollout.engine=native")
+                                  "e.g. likelihood) need rollout.engine=native")
 
     # ---- generation ------------------------------------------------------------------------
 
@@ -147,8 +154,15 @@ class VLLMEngine:
     # ---- weights ---------------------------------------------------------------------------
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Policy sync: the learner's full state dict (Hugging Face names), pushed in byte-capped buckets."""
+        """Policy sync: the learner's full state dict (Hugging Face names), pushed in byte-capped buckets.
+
+        After a level-2 sleep the drafter's weights were discarded too (they live in the same memory
+        pool) while only the target's come back here, so the drafter is pushed again from its copy.
+        """
         self._push(list(state.items()), draft=False)
+        if self.drafter_lost and self.drafter_tensors is not None:
+            self._push(list(self.drafter_tensors.items()), draft=True)
+        self.drafter_lost = False
         self.llm.reset_prefix_cache()  # cached prefixes hold the old policy's KV
 
     def load_drafter_state(self, state: dict[str, torch.Tensor]) -> list[str]:
@@ -156,15 +170,16 @@ class VLLMEngine:
         if self.settings.method == "eagle":
             tensors, dropped = eagle_checkpoint_state(state)
         elif self.settings.method == "draft_model":
-            if state.get("vocab_map") is not None:
-                raise ValueError("a draft_model drafter with a reduced vocabulary cannot be published to vLLM")
-            tensors = {(n if n.startswith("lm_head") else "model." + n): t
-                       for n, t in state.items() if n != "vocab_map"}
-            dropped = []
+            tensors, dropped = draft_model_state(state), []
         else:
             raise ValueError(f"speculative method {self.settings.method!r} has no drafter weights to refresh")
         self._push(list(tensors.items()), draft=True)
+        self.remember_drafter(tensors)
         return dropped
+
+    def remember_drafter(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep a CPU copy of the drafter vLLM holds (vLLM names), to restore it after a level-2 sleep."""
+        self.drafter_tensors = {n: t.detach().to("cpu", copy=True) for n, t in tensors.items()}
 
     def _push(self, named: list, draft: bool) -> None:
         buckets = weight_buckets(named, self.settings.bucket_bytes)
@@ -209,6 +224,7 @@ class VLLMEngine:
         level 2 drops the weights too (a policy sync must follow before the next generate)."""
         self.llm.sleep(level=level)
         self.asleep = level
+        self.drafter_lost = self.drafter_lost or level >= 2
 
     def wake_up(self, tags: Optional[list[str]] = None) -> None:
         """Reallocate ``tags`` ("weights", "kv_cache"; None = all). Sync order when colocated:
@@ -230,13 +246,12 @@ def _load_bucket(worker, bucket: list, draft: bool) -> None:
     model.load_weights(weights=bucket)
 
 
-def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None,
-                         drafter_state: Optional[dict] = None) -> VLLMSettings:
+def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None, drafter=None) -> VLLMSettings:
     """A RunConfig (``rollout.*``, ``rollout.spec.*``, ``model.*``) -> VLLMSettings.
 
     ``rollout.spec.k``: a number is a fixed K; ``auto`` takes the largest arm as vLLM's K with
-    ``prior_k_table`` until a measured table arrives (``set_k_table``). An EAGLE or lm drafter is
-    written as a checkpoint under ``run_dir`` from ``drafter_state`` (the initial or restored drafter).
+    ``prior_k_table`` until a measured table arrives (``set_k_table``). An EAGLE or lm ``drafter`` (the
+    initial one: ``rollout.spec.build.new_drafter``) is written as a checkpoint under ``run_dir``.
     """
     r, s = cfg.rollout, cfg.rollout.spec
     base = VLLMSettings(model=model_path, tokenizer=cfg.model.tokenizer, dtype=cfg.model.dtype,
@@ -249,15 +264,10 @@ def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None,
     k = max(s.arms) if auto else int(s.k)
     draft_dir = None
     if method != "ngram":
-        if drafter_state is None or target_config is None:
-            raise ValueError(f"rollout.spec.drafter={s.drafter!r} on vLLM needs the drafter's weights and the "
+        if drafter is None or target_config is None:
+            raise ValueError(f"rollout.spec.drafter={s.drafter!r} on vLLM needs the initial drafter and the "
                              "target config")
-        draft_dir = os.path.join(run_dir, "vllm_drafter")
-        if method == "eagle":
-            write_eagle_checkpoint(drafter_state, target_config, draft_dir)
-        else:
-            raise ValueError("rollout.spec.drafter=lm on vLLM: save it as a Hugging Face model dir and pass it as "
-                             "VLLMSettings.draft_model (not wired from the config yet)")
+        draft_dir = write_drafter_checkpoint(drafter, target_config, os.path.join(run_dir, "vllm_drafter"))
     return replace(base, method=method, k=k, draft_model=draft_dir, k_table=prior_k_table(k) if auto else None)
 
 
@@ -267,10 +277,27 @@ def prior_k_table(kmax: int) -> dict[int, int]:
 
 
 def engine_for_worker(cfg, model_path: str, tokenizer) -> VLLMEngine:
-    """The rollout worker's vLLM engine: policy from ``model_path``; with rollout.spec.enable, vLLM's n-gram SD.
+    """The rollout worker's vLLM engine: policy from ``model_path``, speculative decoding from ``rollout.spec``.
 
-    EAGLE / draft-model SD on vLLM is available at the engine level (``settings_from_config`` with a
-    drafter state) but not wired to the online drafter of rlreason/workers/drafter.py, so validation
-    allows only rollout.spec.drafter=ngram with rollout.engine=vllm for now.
+    An EAGLE or lm drafter starts as the seeded initial drafter (the one every native worker
+    builds), written to a temporary checkpoint dir vLLM loads; later versions arrive through
+    ``load_drafter_state`` (rlreason/workers/drafter.py trains them on rollout worker 0).
     """
-    return VLLMEngine.build(settings_from_config(cfg, model_path, run_dir=""), tokenizer)
+    import tempfile
+
+    from transformers import AutoConfig
+
+    spec, drafter, target_config, draft_root = cfg.rollout.spec, None, None, ""
+    if spec.enable and spec.drafter != "ngram":
+        from rlreason.models import DTYPES
+        from rlreason.rollout.spec.build import new_drafter
+
+        target_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        drafter = new_drafter(spec, target_config, None, seed=cfg.trainer.seed).to(DTYPES[cfg.model.dtype])
+        draft_root = tempfile.mkdtemp(prefix="rlreason-vllm-")
+    engine = VLLMEngine.build(settings_from_config(cfg, model_path, draft_root, target_config, drafter), tokenizer)
+    if drafter is not None:
+        state = drafter.state_dict()
+        engine.remember_drafter(eagle_checkpoint_state(state)[0] if spec.drafter == "eagle"
+                                else draft_model_state(state))
+    return engine

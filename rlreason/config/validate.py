@@ -64,10 +64,10 @@ def _check_rollout(cfg: RunConfig) -> None:
     _require(r.engine != "vllm" or vllm_installed(),
              "rollout.engine=vllm needs vLLM, which is not installed here: pip install -e '.[gpu]' on a CUDA "
              "machine, or use rollout.engine=native (PyTorch, CPU or GPU)")
-    _require(r.engine != "vllm" or not r.spec.enable or r.spec.drafter == "ngram",
-             f"rollout.engine=vllm with rollout.spec.drafter={r.spec.drafter}: the online drafter trains and "
-             "publishes through the native engine and is not wired to vLLM yet; on vLLM use "
-             "rollout.spec.drafter=ngram (vLLM's prompt lookup), or rollout.engine=native for a trained drafter")
+    _require(r.engine != "vllm" or not r.spec.enable or r.spec.drafter == "ngram" or not r.spec.draft_vocab,
+             f"rollout.engine=vllm with rollout.spec.drafter={r.spec.drafter} and rollout.spec.draft_vocab="
+             f"{r.spec.draft_vocab}: vLLM's EAGLE-1 and draft-model drafters propose over the full vocabulary; "
+             "set rollout.spec.draft_vocab=0, or use rollout.engine=native for a reduced draft vocabulary")
     _require(r.n >= 1, f"rollout.n (samples per prompt) must be >= 1, got {r.n}")
     _require(r.temperature >= 0, f"rollout.temperature must be >= 0 (0 = greedy), got {r.temperature}")
     _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")

@@ -3,6 +3,9 @@
 Where it trains: on rollout worker 0, right after the weight sync, because that worker already
 holds the new policy (the target the drafter must imitate next) and its tokenizer; the learner is
 left alone and nothing large crosses the network (rollout token ids in, drafter weights out).
+With the native engine the drafter trains against the engine's own model; a vLLM worker holds no
+Hugging Face model, so worker 0 keeps a copy of the policy for it (``RolloutWorker.drafter_target``,
+synced with the engine) and every worker takes new versions into vLLM (``load_drafter_state``).
 Deterministic mode (``rollout.spec.train.mode``): ``steps`` drafter steps after every RL step.
 Spot mode (TLT): once the step's rollouts are collected, worker 0 is idle until the weight sync (the
 score, log-prob and update phases), so a background thread trains the drafter there, one step at a
@@ -42,36 +45,50 @@ def build_spec_engine(cfg: RunConfig, model, tokenizer, vocab_map: Optional[Tens
                              build_strategy(spec, seed=cfg.trainer.seed), max_batch=cfg.rollout.batch_size)
 
 
+def trains_drafter(cfg: RunConfig) -> bool:
+    """Whether ``rollout.spec`` has a drafter that trains online (EAGLE or lm, mode not off)."""
+    spec = cfg.rollout.spec
+    return spec.enable and spec.drafter != "ngram" and spec.train.mode in ("deterministic", "spot")
+
+
 class DrafterHost:
-    """Mixed into RolloutWorker (which sets ``self.cfg`` and ``self.engine``): drafter calls of the actor."""
+    """Mixed into RolloutWorker, which sets ``self.cfg``, ``self.engine`` and ``self.drafter_target`` (the
+    Hugging Face policy the drafter learns from; None on vLLM workers other than 0): the actor's drafter calls."""
 
     def init_drafter(self, vocab_map: Optional[Tensor]) -> bool:
-        """Rebuild the engine's drafter over ``vocab_map`` (a reduced draft vocabulary, or None)."""
+        """Start from the seeded initial drafter over ``vocab_map`` (a reduced draft vocabulary, or None)."""
         from rlreason.rollout.spec.build import build_drafter
 
-        self.vocab_map = vocab_map
-        self.engine.drafter = build_drafter(self.cfg.rollout.spec, self.engine.model, vocab_map,
-                                            seed=self.cfg.trainer.seed)
-        self.drafter_version = 0
+        self.vocab_map, self.drafter_version, self.published = vocab_map, 0, None
+        if self.cfg.rollout.engine == "native":
+            self.engine.drafter = build_drafter(self.cfg.rollout.spec, self.engine.model, vocab_map,
+                                                seed=self.cfg.trainer.seed)
+        elif vocab_map is not None:  # vLLM loaded the same initial drafter from its checkpoint
+            raise ValueError("vLLM's drafters propose over the full vocabulary: rollout.spec.draft_vocab must be 0")
         return True
 
     def load_drafter(self, weights) -> int:
         """Install published drafter weights (``DrafterWeights``); returns their version."""
-        self.engine.drafter.load_state_dict(weights.state)
+        self.engine.load_drafter_state(weights.state)
+        self.published = weights.state  # where a trainer built later (after a restart) starts from
         self.drafter_version = weights.version
         return weights.version
 
     def _trainer(self):
-        """The drafter trainer, built on first use from the engine's current drafter."""
+        """The drafter trainer, built on first use from the latest published drafter (or the initial one)."""
         if getattr(self, "drafter_trainer", None) is None:
             from rlreason.rollout.spec.build import build_drafter
             from rlreason.rollout.spec.train import DrafterTrainer
 
+            if self.drafter_target is None:
+                raise RuntimeError("the drafter trains on rollout worker 0, which keeps the policy copy it needs; "
+                                   "this worker has none")
             spec = self.cfg.rollout.spec
-            drafter = build_drafter(spec, self.engine.model, getattr(self, "vocab_map", None),
+            drafter = build_drafter(spec, self.drafter_target, getattr(self, "vocab_map", None),
                                     seed=self.cfg.trainer.seed)
-            drafter.load_state_dict(self.engine.drafter.state_dict())
-            self.drafter_trainer = DrafterTrainer(drafter, self.engine.model, spec.train, self.cfg.rollout.temperature,
+            if getattr(self, "published", None) is not None:
+                drafter.load_state_dict(self.published)
+            self.drafter_trainer = DrafterTrainer(drafter, self.drafter_target, spec.train, self.cfg.rollout.temperature,
                                                   self.engine.pad_id, seed=self.cfg.trainer.seed)
         return self.drafter_trainer
 

@@ -56,7 +56,7 @@ class RolloutGroup:
 
         placement = placement or Placement(cfg)
         actor = _ray().remote(RolloutWorker)
-        self.actors = [actor.options(**placement.options("rollout", w)).remote(cfg, model_path, threads)
+        self.actors = [actor.options(**placement.options("rollout", w)).remote(cfg, model_path, threads, w)
                        for w in range(cfg.rollout.workers)]
         wait_ready(self.actors, "rollout", cfg.cluster.init_timeout_s)
         self._weights = None  # (object ref, version) of the weights the workers hold, for restarted ones

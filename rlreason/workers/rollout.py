@@ -7,19 +7,25 @@ import torch
 from rlreason.config.schema import RunConfig
 from rlreason.models import load_model, load_tokenizer
 from rlreason.types import GenerationRequest, RolloutBatch, TokenScoreRequest, TokenScoreResult
-from rlreason.workers.drafter import DrafterHost
+from rlreason.workers.drafter import DrafterHost, trains_drafter
 
 
 class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's calls (rollout.spec)
-    def __init__(self, cfg: RunConfig, model_path: str, threads: int):
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int, index: int = 0):
+        """``index``: this worker's place in the group; worker 0 hosts the drafter's training."""
         self.cfg = cfg
         torch.set_num_threads(max(threads, 1))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
+        self.weights_version = 0
         if cfg.rollout.engine == "vllm":  # vLLM loads the policy itself (rlreason/rollout/vllm_engine.py)
             from rlreason.rollout.vllm_engine import engine_for_worker
 
-            self.engine, self.weights_version = engine_for_worker(cfg, model_path, tokenizer), 0
+            self.engine = engine_for_worker(cfg, model_path, tokenizer)
+            # vLLM holds no Hugging Face model to train a drafter against: worker 0 keeps a copy of the
+            # policy for that, updated at every weight sync (same GPU; vLLM takes half of it by default)
+            self.own_copy = index == 0 and trains_drafter(cfg)
+            self.drafter_target = load_model(model_path, cfg.model, device).requires_grad_(False) if self.own_copy else None
             return
         model = load_model(model_path, cfg.model, device)
         from rlreason.rollout.native import NativeEngine
@@ -30,7 +36,7 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
             self.engine = build_spec_engine(cfg, model, tokenizer)
         else:
             self.engine = NativeEngine(model, tokenizer, max_batch=cfg.rollout.batch_size)
-        self.weights_version = 0
+        self.drafter_target, self.own_copy = model, False  # the engine's own policy (updated by load_weights)
 
     def ready(self) -> bool:
         return True
@@ -50,5 +56,7 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
         """Replace the policy weights (called at every step boundary); returns the new version."""
         self.spot_halt()
         self.engine.load_state_dict(state)
+        if self.own_copy:
+            self.drafter_target.load_state_dict(state, strict=True)
         self.weights_version = version
         return version

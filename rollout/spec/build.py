@@ -19,9 +19,10 @@ from rlreason.rollout.spec.layers import DrafterConfig
 from rlreason.rollout.spec.selector import AdaptiveK
 
 
-def drafter_config(model, spec) -> DrafterConfig:
-    """The drafter's shape: the target's width for EAGLE (its features are the input), ``lm_hidden_size`` for lm."""
-    c = model.config
+def drafter_config(target_config, spec) -> DrafterConfig:
+    """The drafter's shape from the target's config: its width for EAGLE (its features are the input),
+    ``lm_hidden_size`` for lm."""
+    c = target_config
     width = c.hidden_size if spec.drafter == "eagle" or not spec.lm_hidden_size else spec.lm_hidden_size
     head_dim = c.hidden_size // c.num_attention_heads
     heads = max(width // head_dim, 1) if width % head_dim == 0 else 1
@@ -30,16 +31,21 @@ def drafter_config(model, spec) -> DrafterConfig:
                          num_layers=spec.drafter_layers, rope_theta=float(getattr(c, "rope_theta", 10000.0) or 1e4))
 
 
+def new_drafter(spec, target_config, vocab_map: Optional[Tensor] = None, seed: int = 0):
+    """A freshly initialised neural drafter (float32, CPU, not attached to a target): the same on every
+    worker for the same seed. The vLLM engine writes it as its initial draft checkpoint."""
+    with torch.random.fork_rng():  # seeded without moving the caller's RNG
+        torch.manual_seed(seed)
+        cfg = drafter_config(target_config, spec)
+        return EagleDrafter(cfg, vocab_map) if spec.drafter == "eagle" else SmallLMDrafter(cfg, vocab_map)
+
+
 def build_drafter(spec, model, vocab_map: Optional[Tensor] = None, seed: int = 0):
     """A freshly initialised drafter of kind ``spec.drafter`` for the target ``model`` (seeded, same dtype/device)."""
     if spec.drafter == "ngram":
         return NgramDrafter()
-    with torch.random.fork_rng():  # the same initial drafter on every worker, without moving the caller's RNG
-        torch.manual_seed(seed)
-        cfg = drafter_config(model, spec)
-        drafter = EagleDrafter(cfg, vocab_map) if spec.drafter == "eagle" else SmallLMDrafter(cfg, vocab_map)
     param = next(model.parameters())
-    drafter = drafter.to(device=param.device, dtype=param.dtype).eval()
+    drafter = new_drafter(spec, model.config, vocab_map, seed).to(device=param.device, dtype=param.dtype).eval()
     if spec.drafter == "eagle":
         drafter.attach(model.get_input_embeddings(), model.get_output_embeddings())
     return drafter

@@ -78,6 +78,10 @@ class SpeculativeEngine(NativeEngine):
         self.tap = FeatureTap(model) if drafter.needs_features else None
         self.stats = SpecStats()
 
+    def load_drafter_state(self, state: dict[str, Tensor]) -> None:
+        """Install published drafter weights (the vLLM engine has the same call)."""
+        self.drafter.load_state_dict(state)
+
     def generate(self, req: GenerationRequest) -> RolloutBatch:
         self.stats = SpecStats()
         batch = super().generate(req)

@@ -22,9 +22,11 @@ def test_settings_from_config(tmp_path):
     s = ve.settings_from_config(cfg, "/m", str(tmp_path))
     assert s.llm_kwargs()["speculative_config"]["method"] == "ngram" and s.k == 3 and s.k_table is None
     cfg.rollout.spec.drafter, cfg.rollout.spec.k = "eagle", "auto"
-    state = EagleDrafter(DrafterConfig(hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=40)).state_dict()
+    drafter = EagleDrafter(DrafterConfig(hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=40))
     target = LlamaConfig(hidden_size=16, vocab_size=40, num_attention_heads=2, num_key_value_heads=2)
-    s = ve.settings_from_config(cfg, "/m", str(tmp_path), target, state)
+    with pytest.raises(ValueError, match="needs the initial drafter"):
+        ve.settings_from_config(cfg, "/m", str(tmp_path))
+    s = ve.settings_from_config(cfg, "/m", str(tmp_path), target, drafter)
     spec = s.llm_kwargs()["speculative_config"]
     assert spec["method"] == "eagle" and spec["num_speculative_tokens"] == max(cfg.rollout.spec.arms)
     assert spec["model"] == os.path.join(str(tmp_path), "vllm_drafter")
@@ -47,7 +49,9 @@ def test_config_names_the_missing_vllm(monkeypatch):
     with pytest.raises(ConfigError, match="native, vllm"):
         v._check_rollout(cfg)
     cfg.rollout.engine, cfg.rollout.spec.enable = "vllm", True
-    with pytest.raises(ConfigError, match="drafter=eagle.*not wired to vLLM.*drafter=ngram"):
+    v._check_rollout(cfg)  # the online EAGLE drafter, trained on worker 0 and published into vLLM
+    cfg.rollout.spec.draft_vocab = 64
+    with pytest.raises(ConfigError, match="drafter=eagle and rollout.spec.draft_vocab=64.*full vocabulary.*=0"):
         v._check_rollout(cfg)
-    cfg.rollout.spec.drafter = "ngram"  # vLLM's own prompt lookup: nothing to train
+    cfg.rollout.spec.drafter = "ngram"  # vLLM's own prompt lookup: no vocabulary to reduce
     v._check_rollout(cfg)

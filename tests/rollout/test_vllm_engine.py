@@ -6,8 +6,6 @@ runs real vLLM on a GPU and is skipped elsewhere."""
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,69 +15,7 @@ from rlreason.rollout import vllm_engine as ve
 from rlreason.rollout.spec.stats import spec_metrics
 from rlreason.types import GenerationRequest, SamplingParams
 
-EOS, PAD = 1, 0
-
-
-# ---- stand-ins for vLLM's objects ----------------------------------------------------------------
-
-class FakeSamplingParams:
-    def __init__(self, **kw):
-        self.kw = kw
-
-
-@dataclass
-class FakeLogprob:
-    logprob: float
-
-
-@dataclass
-class FakeCompletion:
-    token_ids: list
-    logprobs: list
-    finish_reason: str
-    text: str
-
-
-@dataclass
-class FakeLLM:
-    """Answers prompt p's j-th sample with j+1 tokens (the last is EOS when j is even: finish "stop")."""
-
-    calls: list = field(default_factory=list)
-    drafts: float = 0.0
-    accepted_pos: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
-
-    def generate(self, prompts, params, use_tqdm=True):
-        outs = []
-        for p, sp in zip(prompts, params):
-            self.calls.append(("generate", p["prompt_token_ids"], sp.kw))
-            comps = []
-            for j in range(sp.kw["n"]):
-                toks = [10 + j] * j + [EOS if j % 2 == 0 else 99]
-                lps = [{t: FakeLogprob(-0.1 * (i + 1)), 77: FakeLogprob(-5.0)} for i, t in enumerate(toks)]
-                comps.append(FakeCompletion(toks, lps, "stop" if j % 2 == 0 else "length", f"s{j}"))
-            outs.append(SimpleNamespace(request_id=str(len(outs)), outputs=comps))
-        self.drafts += 10  # 10 verify rows with K = 3: 6 accepted at position 1, 3 at 2, 1 at 3
-        self.accepted_pos = [a + b for a, b in zip(self.accepted_pos, [6, 3, 1])]
-        return outs
-
-    def get_metrics(self):
-        C = lambda n, v: SimpleNamespace(name=n, value=v)  # noqa: E731
-        return [C("vllm:spec_decode_num_drafts", self.drafts), C("vllm:spec_decode_num_draft_tokens", 3 * self.drafts),
-                C("vllm:spec_decode_num_accepted_tokens", sum(self.accepted_pos)),
-                SimpleNamespace(name="vllm:spec_decode_num_accepted_tokens_per_pos", values=list(self.accepted_pos)),
-                SimpleNamespace(name="vllm:iteration_tokens_total", count=self.drafts / 2, sum=0.0),
-                C("vllm:prompt_tokens", 5.0)]
-
-    def __getattr__(self, name):  # start_weight_update, update_weights, sleep, ... are recorded
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return lambda *a, **kw: self.calls.append((name, a, kw))
-
-
-def engine(method="eagle", k=3, **kw):
-    tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS)
-    settings = ve.VLLMSettings(model="m", method=method, k=k, draft_model="d", stage_device="cpu", **kw)
-    return ve.VLLMEngine(FakeLLM(), tok, settings, FakeSamplingParams)
+from vllm_fakes import EOS, PAD, engine
 
 
 def request(sizes=(2, 0, 3), seed=5):
@@ -225,17 +161,17 @@ def test_eagle_drafter_maps_onto_vllms_eagle_checkpoint(tmp_path, monkeypatch):
     d = EagleDrafter(DrafterConfig(hidden_size=16, num_heads=2, intermediate_size=32, vocab_size=40))
     target = LlamaConfig(hidden_size=16, vocab_size=40, num_hidden_layers=12, num_attention_heads=2,
                          num_key_value_heads=2)
-    out = vc.write_eagle_checkpoint(d.state_dict(), target, str(tmp_path / "eagle"))
+    out = vc.write_drafter_checkpoint(d, target, str(tmp_path / "eagle"))
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["num_hidden_layers"] == 1 and cfg["hidden_size"] == 16
     names = set(load_file(os.path.join(out, "model.safetensors")))
-    layer = "layers.0."
+    layer = "layers.0."  # no input norm on layer 0 (vLLM's EAGLE-1 has none either)
     assert names == ({"fc.weight", layer + "post_attention_layernorm.weight"}
                      | {layer + f"self_attn.{p}_proj.weight" for p in "qkvo"}
                      | {layer + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")})
     monkeypatch.setattr(ve, "ipc_update_info", lambda bucket: vc.nccl_update_info(bucket))
     eng = engine()
-    assert eng.load_drafter_state(d.state_dict()) == [layer + "input_layernorm.weight"]
+    assert eng.load_drafter_state(d.state_dict()) == []  # nothing dropped: no vocabulary map
     assert eng.llm.calls[0][0] == "start_draft_weight_update"
     with pytest.raises(ValueError, match="no drafter weights"):
         engine(method="ngram").load_drafter_state({})
