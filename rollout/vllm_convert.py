@@ -91,6 +91,29 @@ def k_table(accept_pos: list[float], cost: Callable[[int, int], float], arms: It
     return out
 
 
+def conditional_acceptance(accepted_pos: list[float], drafts: float, reliable: int, kmax: int) -> list[float]:
+    """Unconditional per-position acceptance u_1..u_kmax from vLLM's counters, safe under a K table.
+
+    Position j is drafted only in iterations whose K >= j, but vLLM counts every draft in the
+    denominator; positions up to ``reliable`` (the table's smallest K > 0) are drafted in every
+    draft, so their rates are exact. Beyond, the last measured conditional rate u_j / u_{j-1} is
+    extended geometrically, rather than reading undrafted positions as rejections (which would
+    shrink the table further each time it is re-planned).
+    """
+    if drafts <= 0 or reliable <= 0:
+        return [0.0] * kmax
+    u = [accepted_pos[j] / drafts if j < len(accepted_pos) else 0.0 for j in range(min(reliable, kmax))]
+    ratio = u[-1] / u[-2] if len(u) >= 2 and u[-2] > 0 else (u[0] if u else 0.0)
+    while len(u) < kmax:
+        u.append(u[-1] * min(ratio, 1.0))
+    return u
+
+
+def iteration_cost(saturation_tokens: int, draft_cost: float) -> Callable[[int, int], float]:
+    """Modelled seconds of one iteration, in batch-1 decoding steps: 1 + B·(K+1)/saturation + draft_cost·K."""
+    return lambda b, k: 1.0 + b * (k + 1) / saturation_tokens + draft_cost * k
+
+
 def sampling_kwargs(sp: SamplingParams, n: int, seed: int) -> dict[str, Any]:
     """Our SamplingParams -> keyword arguments of ``vllm.SamplingParams`` for one prompt's group."""
     return {

@@ -11,11 +11,13 @@ versions: ``weight_backend="load_weights"`` goes through ``collective_rpc`` into
 ``vllm_convert.py``; vllm itself is imported only in ``VLLMEngine.build``.
 
 What vLLM does not offer, and what this engine does instead:
-- no per-iteration K control: the adaptive selector's output is applied as the static schedule
+- no per-iteration K control: the adaptive choice is applied as the static schedule
   ``num_speculative_tokens_per_batch_size`` (vLLM PR #32374), fixed when the LLM is built, so a
-  new table takes effect at ``rebuild`` (a model reload: do it between RL steps, then re-sync);
+  new table takes effect at ``rebuild`` (a model reload), which ``replan`` does at a weight sync,
+  before the weights are pushed, at most every ``rollout.spec.vllm.every`` syncs;
 - no per-iteration timings, so the selector's cost model cannot be learned online here:
-  ``vllm_convert.k_table`` combines vLLM's measured per-position acceptance with a profiled cost;
+  ``planned_table`` combines vLLM's measured per-position acceptance with a modelled cost
+  (``rollout.spec.vllm``: uncalibrated defaults; profile and set them);
 - no decode-step batch-size curve: ``RolloutBatch.batch_sizes`` stays empty.
 
 Log-probs are vLLM's ``processed_logprobs`` (after the temperature; with top-k/top-p vLLM
@@ -42,11 +44,21 @@ from typing import Any, Optional
 import torch
 
 from rlreason.rollout.vllm_convert import (
-    BUCKET_BYTES, DRAFTER_METHOD, draft_model_state, eagle_checkpoint_state, ipc_update_info, k_schedule,
-    read_spec_counters, sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch, weight_buckets,
+    BUCKET_BYTES, DRAFTER_METHOD, conditional_acceptance, draft_model_state, eagle_checkpoint_state, ipc_update_info,
+    iteration_cost, k_schedule, k_table, read_spec_counters, sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch, weight_buckets,
     write_drafter_checkpoint,
 )
 from rlreason.types import GenerationRequest, RolloutBatch
+
+
+@dataclass
+class TablePlan:
+    """``rollout.spec.k=auto`` on vLLM: re-plan the batch-size -> K table from measured acceptance."""
+
+    arms: tuple[int, ...]
+    saturation_tokens: int = 256  # the cost model (vllm_convert.iteration_cost)
+    draft_cost: float = 0.05
+    every: int = 10  # weight syncs between re-plans
 
 
 @dataclass
@@ -63,6 +75,7 @@ class VLLMSettings:
     draft_tp: int = 1
     ngram: tuple[int, int] = (1, 4)
     k_table: Optional[dict[int, int]] = None  # batch size -> K (the selector's table)
+    plan: Optional[TablePlan] = None  # set: the table is re-planned from measurements (k=auto)
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5  # colocated with a learner by default
     enable_sleep_mode: bool = True
@@ -97,6 +110,8 @@ class VLLMEngine:
         self.pending_table: Optional[dict[int, int]] = None  # the selector's latest K table
         self.drafter_tensors: Optional[dict[str, torch.Tensor]] = None  # the drafter vLLM holds (vLLM names, CPU)
         self.drafter_lost = False  # a level-2 sleep discarded the drafter's weights with the target's
+        self.measured = {"drafts": 0.0, "accepted_pos": []}  # vLLM's counters since the last re-plan
+        self.syncs, self.rebuilds = 0, 0
 
     @classmethod
     def build(cls, settings: VLLMSettings, tokenizer=None) -> "VLLMEngine":
@@ -145,8 +160,18 @@ class VLLMEngine:
                                          dtype=torch.long)
         batch.gen_seconds = time.perf_counter() - start
         if self.settings.method:
-            batch.stats = spec_stats_delta(before, self._counters(), batch.gen_tokens, self.settings.k)
+            after = self._counters()
+            batch.stats = spec_stats_delta(before, after, batch.gen_tokens, self.settings.k)
+            self._measure(before, after)
         return batch
+
+    def _measure(self, before: dict, after: dict) -> None:
+        """Add one generate call's counters to what the next re-plan reads."""
+        m, b = self.measured, before["accepted_pos"]
+        m["drafts"] += after["drafts"] - before["drafts"]
+        delta = [a - (b[i] if i < len(b) else 0.0) for i, a in enumerate(after["accepted_pos"])]
+        total = m["accepted_pos"] + [0.0] * max(len(delta) - len(m["accepted_pos"]), 0)
+        m["accepted_pos"] = [t + (delta[i] if i < len(delta) else 0.0) for i, t in enumerate(total)]
 
     def _counters(self) -> Optional[dict]:
         return read_spec_counters(self.llm.get_metrics()) if self.settings.method else None
@@ -158,7 +183,10 @@ class VLLMEngine:
 
         After a level-2 sleep the drafter's weights were discarded too (they live in the same memory
         pool) while only the target's come back here, so the drafter is pushed again from its copy.
+        A sync is also where a re-planned K table takes effect (``replan``): the LLM is rebuilt first,
+        and the weights pushed here land in the new one.
         """
+        self.replan()
         self._push(list(state.items()), draft=False)
         if self.drafter_lost and self.drafter_tensors is not None:
             self._push(list(self.drafter_tensors.items()), draft=True)
@@ -200,6 +228,33 @@ class VLLMEngine:
         """Record the selector's table; True when it differs from the engine's (``rebuild`` applies it)."""
         self.pending_table = dict(table)
         return self.needs_rebuild
+
+    def planned_table(self) -> dict[int, int]:
+        """The goodput-argmax table from the acceptance measured since the last re-plan and the cost model.
+
+        Batch size 1 keeps K >= 1 whatever the estimate, so acceptance is still measured there and a
+        better drafter can win SD back (the least costly place to explore)."""
+        plan, kmax = self.settings.plan, self.settings.k
+        current = self.settings.k_table or {1: kmax}
+        reliable = min((k for k in current.values() if k > 0), default=0)
+        accept = conditional_acceptance(self.measured["accepted_pos"], self.measured["drafts"], reliable, kmax)
+        table = k_table(accept, iteration_cost(plan.saturation_tokens, plan.draft_cost), [a for a in plan.arms if a <= kmax])
+        table[1] = max(table[1], 1)
+        return table
+
+    def replan(self) -> None:
+        """At every ``plan.every``-th sync: a new table from the measurements; rebuild when it differs."""
+        plan = self.settings.plan
+        if plan is None:
+            return
+        self.syncs += 1
+        if self.syncs % plan.every == 0 and self.measured["drafts"] > 0:
+            self.set_k_table(self.planned_table())
+            self.measured = {"drafts": 0.0, "accepted_pos": []}  # the policy and drafter move on
+        if self.needs_rebuild:
+            self.rebuild()
+            self.rebuilds += 1
+            self.drafter_lost = True  # the rebuilt LLM loaded the initial drafter's checkpoint
 
     @property
     def needs_rebuild(self) -> bool:
@@ -250,7 +305,7 @@ def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None,
     """A RunConfig (``rollout.*``, ``rollout.spec.*``, ``model.*``) -> VLLMSettings.
 
     ``rollout.spec.k``: a number is a fixed K; ``auto`` takes the largest arm as vLLM's K with
-    ``prior_k_table`` until a measured table arrives (``set_k_table``). An EAGLE or lm ``drafter`` (the
+    ``prior_k_table`` until a table planned from measurements replaces it (``rollout.spec.vllm``). An EAGLE or lm ``drafter`` (the
     initial one: ``rollout.spec.build.new_drafter``) is written as a checkpoint under ``run_dir``.
     """
     r, s = cfg.rollout, cfg.rollout.spec
@@ -268,7 +323,9 @@ def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None,
             raise ValueError(f"rollout.spec.drafter={s.drafter!r} on vLLM needs the initial drafter and the "
                              "target config")
         draft_dir = write_drafter_checkpoint(drafter, target_config, os.path.join(run_dir, "vllm_drafter"))
-    return replace(base, method=method, k=k, draft_model=draft_dir, k_table=prior_k_table(k) if auto else None)
+    plan = TablePlan(tuple(s.arms), s.vllm.saturation_tokens, s.vllm.draft_cost, s.vllm.every) if auto else None
+    return replace(base, method=method, k=k, draft_model=draft_dir, k_table=prior_k_table(k) if auto else None,
+                   plan=plan)
 
 
 def prior_k_table(kmax: int) -> dict[int, int]:

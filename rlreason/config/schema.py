@@ -87,6 +87,22 @@ class DrafterTrainConfig:
 
 
 @dataclass
+class VLLMTableConfig:
+    """``rollout.spec.k=auto`` on vLLM: the batch-size -> K table, re-planned from vLLM's measured acceptance.
+
+    vLLM exposes no per-iteration timings, so the cost of an iteration is modelled, in units of a
+    batch-1 decoding step: 1 + B·(K+1) / saturation_tokens + draft_cost·K (verification turns
+    compute-bound past ``saturation_tokens`` tokens per forward; each draft step costs ``draft_cost``
+    of a target step). Uncalibrated defaults: profile your GPU and model and set them.
+    """
+
+    saturation_tokens: int = 256
+    draft_cost: float = 0.05
+    every: int = 10
+    """Re-plan at every ``every``-th weight sync; a changed table rebuilds the LLM there (a model reload)."""
+
+
+@dataclass
 class SpecConfig:
     """Speculative decoding in the native engine (lossless: the output law is the target's)."""
 
@@ -113,6 +129,7 @@ class SpecConfig:
     lm_hidden_size: int = 0
     """Width of the lm drafter (0 = the target's)."""
     train: DrafterTrainConfig = field(default_factory=DrafterTrainConfig)
+    vllm: VLLMTableConfig = field(default_factory=VLLMTableConfig)
 
 
 @dataclass

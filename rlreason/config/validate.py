@@ -264,6 +264,10 @@ def _check_spec(cfg: RunConfig) -> None:
     _require(s.drafter_layers >= 1 and s.lm_hidden_size >= 0,
              f"rollout.spec: drafter_layers must be >= 1 and lm_hidden_size >= 0, got {s.drafter_layers}, "
              f"{s.lm_hidden_size}")
+    v = s.vllm
+    _require(v.saturation_tokens >= 1 and v.draft_cost >= 0 and v.every >= 1,
+             f"rollout.spec.vllm: need saturation_tokens >= 1, draft_cost >= 0 and every >= 1, got "
+             f"{v.saturation_tokens}, {v.draft_cost}, {v.every}")
     _require(t.mode in ("deterministic", "spot", "off"),
              f"rollout.spec.train.mode={t.mode!r}: use deterministic (train after each RL step), spot (train on "
              "rollout worker 0 while it is idle) or off (frozen drafter)")

@@ -31,6 +31,7 @@ def test_settings_from_config(tmp_path):
     assert spec["method"] == "eagle" and spec["num_speculative_tokens"] == max(cfg.rollout.spec.arms)
     assert spec["model"] == os.path.join(str(tmp_path), "vllm_drafter")
     assert spec["num_speculative_tokens_per_batch_size"][-1][2] == 0  # prior: SD off at large batch
+    assert s.plan == ve.TablePlan(tuple(cfg.rollout.spec.arms), 256, 0.05, 10)  # re-planned from measurements
 
 
 def test_config_names_the_missing_vllm(monkeypatch):

@@ -75,6 +75,44 @@ def test_the_adaptive_selector_table_becomes_vllms_schedule():
     assert vc.k_schedule(table, 4, 64) == [[1, 1, 4], [2, 64, 0]]
 
 
+def test_acceptance_beyond_the_tables_smallest_k_is_extended_not_read_as_rejections():
+    u = vc.conditional_acceptance([8, 6, 1, 0], drafts=10, reliable=2, kmax=4)  # positions 3, 4 rarely drafted
+    assert u == pytest.approx([0.8, 0.6, 0.45, 0.3375])  # conditional 0.75 carried on
+    assert vc.conditional_acceptance([8, 6], 10, reliable=1, kmax=3) == pytest.approx([0.8, 0.64, 0.512])
+    assert vc.conditional_acceptance([], 0, reliable=2, kmax=2) == [0.0, 0.0]
+
+
+def test_a_sync_replans_the_k_table_from_measured_acceptance_and_rebuilds_into_it(monkeypatch):
+    eng = engine(k=3, k_table=ve.prior_k_table(3), plan=ve.TablePlan(arms=(0, 1, 2, 3), every=2))
+    rebuilt = []
+
+    def build(settings, tokenizer=None):
+        rebuilt.append(settings)
+        return engine(k=3, k_table=settings.k_table)
+
+    monkeypatch.setattr(ve.VLLMEngine, "build", staticmethod(build))
+    monkeypatch.setattr(ve, "ipc_update_info", vc.nccl_update_info)
+    eng.remember_drafter({"fc.weight": torch.ones(2, 2)})
+    eng.generate(request())  # the stand-in reports 10 drafts: 6 accepted at position 1, 3 at 2, 1 at 3
+    eng.load_state_dict({"w": torch.ones(2)})
+    assert not rebuilt and eng.settings.k_table == ve.prior_k_table(3)  # the 1st sync: not yet (every=2)
+    eng.load_state_dict({"w": torch.ones(2)})
+    # the prior's smallest K is 1, so u = 0.6, 0.36, 0.216; goodput B·E(K) / (1 + B(K+1)/256 + 0.05K), e.g.
+    # at 32: K=2 62.7/1.475 = 42.5 > K=3 69.6/1.65 = 42.2; at 128: K=1 204.8/2.05 = 99.9 > K=2 250.9/2.6 = 96.5
+    assert rebuilt and eng.settings.k_table == {1: 3, 2: 3, 4: 3, 8: 3, 16: 3, 32: 2, 64: 2, 128: 1}
+    assert eng.rebuilds == 1 and eng.measured["drafts"] == 0
+    names = [c[1][0]["update_info"]["names"] for c in eng.llm.calls if c[0] == "update_weights"]
+    assert names == [["w"], ["fc.weight"]]  # into the rebuilt LLM: the policy, then the drafter again
+    eng.load_state_dict({"w": torch.ones(2)})
+    assert eng.rebuilds == 1  # the table holds until the next re-plan changes it
+
+
+def test_useless_drafts_turn_sd_off_except_at_batch_one():
+    eng = engine(k=3, k_table={1: 3}, plan=ve.TablePlan(arms=(0, 1, 2, 3)))
+    eng.measured = {"drafts": 100.0, "accepted_pos": [1.0, 0.0, 0.0]}
+    assert eng.planned_table() == {1: 1, 2: 0, 4: 0, 8: 0, 16: 0, 32: 0, 64: 0, 128: 0}
+
+
 def test_sampling_kwargs():
     kw = vc.sampling_kwargs(SamplingParams(temperature=0.0, top_k=0, max_new_tokens=9), n=4, seed=3)
     assert kw == {"n": 4, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 9, "stop": None,
