@@ -294,6 +294,15 @@ def draft_model_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {(n if n.startswith("lm_head") else "model." + n): t for n, t in state.items() if n != "vocab_map"}
 
 
+def drafter_tensors(state: dict[str, Tensor], method: str) -> tuple[dict[str, Tensor], list[str]]:
+    """A drafter's state dict under the names vLLM's ``method`` loads (eagle | draft_model), and names dropped."""
+    if method == "eagle":
+        return eagle_checkpoint_state(state)
+    if method == "draft_model":
+        return draft_model_state(state), []
+    raise ValueError(f"speculative method {method!r} has no drafter weights to refresh")
+
+
 def draft_llama_config(drafter_cfg, target_config, num_layers: int) -> dict[str, Any]:
     """config.json of a drafter checkpoint: a plain Llama of the drafter's own shape.
 
@@ -325,8 +334,7 @@ def write_drafter_checkpoint(drafter, target_config, out_dir: str) -> str:
     """
     from safetensors.torch import save_file
 
-    state = drafter.state_dict()
-    tensors = eagle_checkpoint_state(state)[0] if drafter.needs_features else draft_model_state(state)
+    tensors, _ = drafter_tensors(drafter.state_dict(), "eagle" if drafter.needs_features else "draft_model")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(draft_llama_config(drafter.cfg, target_config, len(drafter.layers)), f, indent=1)

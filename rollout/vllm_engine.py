@@ -44,9 +44,9 @@ from typing import Any, Optional
 import torch
 
 from rlreason.rollout.vllm_convert import (
-    BUCKET_BYTES, DRAFTER_METHOD, conditional_acceptance, draft_model_state, eagle_checkpoint_state, ipc_update_info,
-    iteration_cost, k_schedule, k_table, read_spec_counters, sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch, weight_buckets,
-    write_drafter_checkpoint,
+    BUCKET_BYTES, DRAFTER_METHOD, conditional_acceptance, drafter_tensors, ipc_update_info, iteration_cost,
+    k_schedule, k_table, read_spec_counters, sampling_kwargs, spec_stats_delta, speculative_config, to_rollout_batch,
+    weight_buckets, write_drafter_checkpoint,
 )
 from rlreason.types import GenerationRequest, RolloutBatch
 
@@ -195,12 +195,7 @@ class VLLMEngine:
 
     def load_drafter_state(self, state: dict[str, torch.Tensor]) -> list[str]:
         """Drafter refresh (policy first, same pause window); returns the names vLLM has no place for."""
-        if self.settings.method == "eagle":
-            tensors, dropped = eagle_checkpoint_state(state)
-        elif self.settings.method == "draft_model":
-            tensors, dropped = draft_model_state(state), []
-        else:
-            raise ValueError(f"speculative method {self.settings.method!r} has no drafter weights to refresh")
+        tensors, dropped = drafter_tensors(state, self.settings.method)
         self._push(list(tensors.items()), draft=True)
         self.remember_drafter(tensors)
         return dropped
@@ -354,7 +349,5 @@ def engine_for_worker(cfg, model_path: str, tokenizer) -> VLLMEngine:
         draft_root = tempfile.mkdtemp(prefix="rlreason-vllm-")
     engine = VLLMEngine.build(settings_from_config(cfg, model_path, draft_root, target_config, drafter), tokenizer)
     if drafter is not None:
-        state = drafter.state_dict()
-        engine.remember_drafter(eagle_checkpoint_state(state)[0] if spec.drafter == "eagle"
-                                else draft_model_state(state))
+        engine.remember_drafter(drafter_tensors(drafter.state_dict(), engine.settings.method)[0])
     return engine
