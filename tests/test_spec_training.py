@@ -87,3 +87,16 @@ def test_greedy_eval_is_identical_with_sd_off(spec_run, tmp_path):
     on = rows(run_dir)[-1]  # evaluated in the run, through the speculative engine
     for key in ("pass@1", "length", "reward"):
         assert on[f"eval/{key}"] == pytest.approx(off[key], abs=1e-12), key
+
+
+def test_spot_mode_trains_the_drafter_between_collection_and_the_sync(tmp_path):
+    """rollout.spec.train.mode=spot through the CLI: worker 0 trains in the background while the learner works,
+    the sync preempts it, and the drafter phase publishes what the window trained."""
+    run_dir = tmp_path / "spot"
+    run("train", *args(run_dir, "trainer.total_steps=2", "trainer.eval_every=0",
+                       *spec("rollout.spec.train.mode=spot", "rollout.spec.train.steps=0")))
+    r = rows(run_dir)
+    assert [x["drafter/version"] for x in r] == [1, 2]
+    windows = [x["drafter/spot_steps"] for x in r]
+    assert all(w >= 0 for w in windows) and sum(windows) >= 1, windows  # 0 = until preempted
+    assert r[-1]["drafter/updates"] == WARMUP_STEPS + sum(windows)
