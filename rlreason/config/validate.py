@@ -68,6 +68,9 @@ def _check_rollout(cfg: RunConfig) -> None:
              f"rollout.engine=vllm with rollout.spec.drafter={r.spec.drafter} and rollout.spec.draft_vocab="
              f"{r.spec.draft_vocab}: vLLM's EAGLE-1 and draft-model drafters propose over the full vocabulary; "
              "set rollout.spec.draft_vocab=0, or use rollout.engine=native for a reduced draft vocabulary")
+    _require(r.engine != "vllm" or not r.spec.enable or str(r.spec.k) != "0",
+             "rollout.engine=vllm with rollout.spec.k=0: vLLM has no speculative loop to run without drafts; "
+             "set rollout.spec.enable=false for plain decoding, or a K > 0 (or auto)")
     _require(r.n >= 1, f"rollout.n (samples per prompt) must be >= 1, got {r.n}")
     _require(r.temperature >= 0, f"rollout.temperature must be >= 0 (0 = greedy), got {r.temperature}")
     _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")

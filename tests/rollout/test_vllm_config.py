@@ -56,3 +56,6 @@ def test_config_names_the_missing_vllm(monkeypatch):
         v._check_rollout(cfg)
     cfg.rollout.spec.drafter = "ngram"  # vLLM's own prompt lookup: no vocabulary to reduce
     v._check_rollout(cfg)
+    cfg.rollout.spec.k = "0"
+    with pytest.raises(ConfigError, match="k=0.*rollout.spec.enable=false"):
+        v._check_rollout(cfg)
