@@ -160,18 +160,18 @@ class VLLMEngine:
                                          dtype=torch.long)
         batch.gen_seconds = time.perf_counter() - start
         if self.settings.method:
-            after = self._counters()
-            batch.stats = spec_stats_delta(before, after, batch.gen_tokens, self.settings.k)
-            self._measure(before, after)
+            batch.stats = spec_stats_delta(before, self._counters(), batch.gen_tokens, self.settings.k)
+            self._measure(batch.stats)
         return batch
 
-    def _measure(self, before: dict, after: dict) -> None:
-        """Add one generate call's counters to what the next re-plan reads."""
-        m, b = self.measured, before["accepted_pos"]
-        m["drafts"] += after["drafts"] - before["drafts"]
-        delta = [a - (b[i] if i < len(b) else 0.0) for i, a in enumerate(after["accepted_pos"])]
-        total = m["accepted_pos"] + [0.0] * max(len(delta) - len(m["accepted_pos"]), 0)
-        m["accepted_pos"] = [t + (delta[i] if i < len(delta) else 0.0) for i, t in enumerate(total)]
+    def _measure(self, stats: dict[str, float]) -> None:
+        """Add one generate call's counters (``spec_stats_delta``'s keys) to what the next re-plan reads."""
+        from rlreason.rollout.spec.stats import MAX_POS
+
+        m = self.measured
+        m["drafts"] += stats["spec/n/drafts"]
+        pos = [stats[f"spec/n/accepted_pos{i + 1}"] for i in range(MAX_POS)]
+        m["accepted_pos"] = [a + b for a, b in zip(m["accepted_pos"] or [0.0] * MAX_POS, pos)]
 
     def _counters(self) -> Optional[dict]:
         return read_spec_counters(self.llm.get_metrics()) if self.settings.method else None
