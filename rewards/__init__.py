@@ -9,9 +9,14 @@ It returns a float, a dict with ``score`` (and extra metrics to log), or ``None`
 ``module:function``, ``path/to/file.py:function`` or an ``http://`` endpoint.
 """
 
-from rlreason.rewards.base import RewardRegistry, batched, model_reward  # noqa: F401
+if __name__ == "rewards":  # imported by its bare name from the repository root: not ours to answer
+    from rlreason.toplevel_guard import step_aside
 
-REWARDS = RewardRegistry("reward", "fn(*, prompt, response, ground_truth, **columns) -> float | dict | None")
+    step_aside(__name__, __file__)
+else:
+    from rlreason.rewards.base import RewardRegistry, batched, model_reward  # noqa: F401
 
-# Built-ins register themselves on import.
-from rlreason.rewards import format_tags, length, likelihood, math_verify, redundancy, repetition  # noqa: E402,F401
+    REWARDS = RewardRegistry("reward", "fn(*, prompt, response, ground_truth, **columns) -> float | dict | None")
+
+    # Built-ins register themselves on import.
+    from rlreason.rewards import format_tags, length, likelihood, math_verify, redundancy, repetition  # noqa: E402,F401

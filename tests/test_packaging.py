@@ -27,6 +27,58 @@ def test_every_package_directory_is_declared():
     assert not any(p in ("kernels", "rewards", "rollout") for p in packages)
 
 
+# Run with the repository root first on sys.path, as `python -c` / `python -m pytest` from the root put it,
+# and as Ray puts the driver's working directory on its workers' path.
+SHADOW_CHECK = """
+import importlib, sys
+import transformers.activations  # transformers >= 5.24 imports Hugging Face's `kernels` here
+from transformers import LlamaConfig, LlamaForCausalLM
+import rlreason.kernels.logprobs, rlreason.rollout.native, rlreason.rewards
+from rlreason.tasks.arithmetic import build_model
+
+def ours(root):
+    found = {}
+    for name in ("kernels", "rewards", "rollout", "recipes"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        places = [getattr(module, "__file__", None) or "", *getattr(module, "__path__", [])]
+        ours = root + "/" + name  # our folder of that name (a venv inside the checkout is not ours)
+        found[name] = [p for p in places if p == ours or p.startswith(ours + "/")]
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    return found, type(model).__name__, rlreason.rollout.native.__name__, len(rlreason.rewards.REWARDS.names())
+"""
+
+
+def test_repo_root_first_on_sys_path_shadows_nothing():
+    code = SHADOW_CHECK + f"\nsys.path.insert(0, {str(ROOT)!r})\nprint(ours({str(ROOT)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    found, model, native, rewards = eval(out.stdout.strip().splitlines()[-1])
+    assert found == {n: [] for n in found}, f"our folders answered a bare import: {found}"
+    assert model == "LlamaForCausalLM" and native == "rlreason.rollout.native" and rewards > 5
+
+
+@pytest.mark.slow
+def test_a_ray_worker_started_from_the_repo_root_shadows_nothing():
+    code = SHADOW_CHECK + f"""
+import ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+# Ray puts the driver's working directory (here the repository root) on the worker's path.
+result = ray.get(ray.remote(lambda: ({str(ROOT)!r} in sys.path, ours({str(ROOT)!r}))).remote())
+ray.shutdown()
+print(result)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    root_on_path, (found, model, native, rewards) = eval(out.stdout.strip().splitlines()[-1])
+    assert root_on_path, "the worker should see the driver's working directory, as a user's run does"
+    assert found == {n: [] for n in found}, f"our folders answered a bare import in a Ray worker: {found}"
+    assert model == "LlamaForCausalLM" and native == "rlreason.rollout.native" and rewards > 5
+
+
 def test_this_environment_imports_the_mapped_packages():
     import rlreason.kernels
     import rlreason.rewards
