@@ -8,15 +8,24 @@ attention, continuous batching.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
-
 
 import torch
 from torch import Tensor
 
 from rlreason.rollout.sampling import sample_tokens, token_logprobs
 from rlreason.types import GenerationRequest, RolloutBatch, SamplingParams
+
+
+def cache_arg(model) -> str:
+    """The forward's name for the KV cache: ``cache`` (recent transformers, 5.25 here) or ``past_key_values``.
+
+    Newer releases still take ``past_key_values`` with a warning until 5.40; older ones would
+    silently swallow an unknown ``cache`` into ``**kwargs`` and decode without the cache.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -48,6 +57,7 @@ class _Rows:
 class NativeEngine:
     def __init__(self, model, tokenizer, max_batch: int = 0):
         self.model = model.eval()
+        self.cache_arg = cache_arg(model)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -111,14 +121,14 @@ class NativeEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True)
+                         **{self.cache_arg: cache}, use_cache=True)
         return DecodeState(cache, mask, positions[:, -1] + 1, torch.arange(len(prompts)), out.logits[:, -1])
 
     def _advance(self, state: "DecodeState", tok: Tensor) -> None:
         """Feed one sampled token per live row; leaves the next-token logits in ``state``."""
         state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
         out = self.model(input_ids=tok[:, None], attention_mask=state.mask, position_ids=state.next_pos[:, None],
-                         past_key_values=state.cache, use_cache=True)
+                         **{self.cache_arg: state.cache}, use_cache=True)
         state.logits = out.logits[:, -1]
         state.next_pos = state.next_pos + 1
 

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_rollout_models import NOISE, cached_models  # noqa: E402
 
-from rlreason.rollout.native import NativeEngine  # noqa: E402
+from rlreason.rollout.native import NativeEngine, cache_arg  # noqa: E402
 from rlreason.rollout.spec.engine import FixedK, SpeculativeEngine  # noqa: E402
 from rlreason.rollout.spec.features import FeatureTap  # noqa: E402
 from rlreason.rollout.spec.selector import AdaptiveK  # noqa: E402
@@ -106,7 +106,8 @@ def profile(model, drafter, tok, ks: list[int], reps: int) -> dict:
     ids = torch.tensor([tok.encode(row["prompt"] + row["solution"][:60], add_special_tokens=False)])
     tap = FeatureTap(model)
     cache = DynamicCache()
-    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    arg = cache_arg(model)
+    model(input_ids=ids, **{arg: cache}, use_cache=True)
     feats = tap.take()
     sp = SamplingParams(temperature=1.0)
     gen = torch.Generator().manual_seed(0)
@@ -119,7 +120,7 @@ def profile(model, drafter, tok, ks: list[int], reps: int) -> dict:
         times.setdefault(key, []).append(time.perf_counter() - t0)
 
     def target(t):
-        model(input_ids=ids[:, -t:], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, -t:], **{arg: cache}, use_cache=True)
         cache.crop(-t)
 
     def draft(k):

@@ -150,7 +150,7 @@ class SpeculativeEngine(NativeEngine):
         inp = torch.cat([st.pending[:, None], drafts.to(self.device)], 1)  # [B, K+1]
         mask = torch.cat([st.mask, torch.ones_like(st.mask[:, :1]).expand(b, k + 1)], 1)
         pos = st.next_pos[:, None] + torch.arange(k + 1, device=self.device)
-        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=st.cache,
+        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, **{self.cache_arg: st.cache},
                             use_cache=True).logits  # [B, K+1, V]
         feats = self._feats()
         p = target_probs(logits, sp.temperature, sp.top_k, sp.top_p)
