@@ -22,7 +22,7 @@ echo "torch==$torch_version" > "$scratch/torch.txt"
 pip install -q -c "$scratch/torch.txt" -e ".[dev]"
 
 if [ $# -eq 0 ]; then set -- -m "not gpu"; fi
-python -m pytest "$@"
+RLREASON_LOCK_CHECK=0 python -m pytest "$@"
 
 {
   echo "# The tested CPU dependency set: every package that \`pip install -c $lock -e \".[dev]\"\` installs,"

@@ -107,3 +107,52 @@ def test_wheel_install_imports_and_finds_recipes(tmp_path):
     assert out[0].startswith(str(site)) and out[1].startswith(str(site))
     assert "quickstart" in out[2]
     assert not (site / "rewards").exists() and not (site / "kernels").exists()
+
+
+def _locked() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints-cpu.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints-cpu.txt: '{line}' is not an exact pin (name==version)"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def _closure(root: str, extras: set[str]) -> dict[str, str]:
+    """Installed distributions that `root[extras]` needs, transitively, with their versions."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    todo = [(root, extras)]
+    while todo:
+        name, wanted = todo.pop()
+        dist = metadata.distribution(name)
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in (wanted or {""})):
+                continue
+            key = canonicalize_name(req.name)
+            if key not in found:
+                found[key] = metadata.version(req.name)
+                todo.append((req.name, set(req.extras)))
+    return found
+
+
+def test_the_lock_pins_every_dependency_at_the_installed_version():
+    locked, needed = _locked(), _closure("rlreason", {"dev"})
+    missing = sorted(set(needed) - set(locked))
+    assert not missing, f"constraints-cpu.txt lacks {missing}: run scripts/refresh_lock.sh"
+    if os.environ.get("RLREASON_LOCK_CHECK") == "0":  # scripts/refresh_lock.sh tests newer versions
+        return
+    from packaging.version import Version
+
+    drift = {n: (v, locked[n]) for n, v in needed.items() if Version(v).public != Version(locked[n]).public}
+    assert not drift, f"installed (left) differs from constraints-cpu.txt (right): {drift}; install with " \
+                      "`pip install -c constraints-cpu.txt -e \".[dev]\"` or refresh the lock"
