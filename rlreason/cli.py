@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 USAGE = """rlreason COMMAND [args]
 
@@ -22,6 +23,53 @@ commands:
 """
 
 
+CONFIG_HELP = """Every key=value is a Hydra override of one config key. Defaults live in one place,
+rlreason/config/schema.py (one dataclass per section, a docstring under every field); a recipe
+(recipes/NAME.yaml, or a file of yours, which may start `defaults: [quickstart, _self_]`) overrides
+some of them. `rlreason list` names the recipes, algorithms and rewards.
+
+config sections:
+  model      the policy: model.path (local dir or hub id) or model.builder; dtype
+  data       data.train / data.val (files, dirs or hub datasets), prompt_key, answer_key, chat_template
+  rollout    rollout.n samples per prompt, temperature, top_p, max_new_tokens, engine, spec (speculative)
+  reward     reward.functions (registry name, module:function, file.py:function, URL), timeout_s, on_error
+  algorithm  advantage, loss, kl_coef, kl_estimator, agg_mode
+  sampling   prompt sampler (GDRO), dynamic sampling, DOT, token_budget
+  learner    DeepSpeed learners: world_size, zero_stage, lr, micro_batch_size, updates_per_step, epochs
+  trainer    total_steps, seed, output_dir, save_every, save_final, resume, eval_every, sft (warm-up), loggers
+  cluster    Ray: address, num_cpus, placement, gpus_per_node
+  eval       what `rlreason eval` measures: k, temperature, max_new_tokens, max_prompts
+"""
+
+HELP = {
+    "train": """usage: rlreason train recipe=NAME|path/to/recipe.yaml [key=value ...]
+
+Trains on a local Ray cluster (or the one at cluster.address). The run directory (trainer.output_dir,
+default runs/RECIPE-TIME) gets config.yaml, metrics.jsonl, samples.jsonl and checkpoints/step_N/.
+
+""" + CONFIG_HELP + """
+examples:
+  rlreason train recipe=quickstart
+  rlreason train recipe=quickstart trainer.total_steps=5 rollout.temperature=0.8 trainer.output_dir=runs/a
+  rlreason train recipe=quickstart trainer.output_dir=runs/a trainer.resume=auto   # continue a stopped run
+""",
+    "eval": """usage: rlreason eval recipe=NAME checkpoint=DIR [key=value ...]
+
+pass@k, maj@k and mean@k per data source on the recipe's validation set (data.val, or eval.data).
+DIR is a checkpoints/step_N dir, a run dir (its latest checkpoint) or a Hugging Face model dir.
+Results: DIR/eval/eval.json and eval.md (or eval.output_dir).
+
+""" + CONFIG_HELP + """
+example:
+  rlreason eval recipe=quickstart checkpoint=runs/quickstart eval.k=8
+""",
+}
+
+
+def _wants_help(args: list[str]) -> bool:
+    return any(a in ("-h", "--help", "help") for a in args)
+
+
 def _config(args: list[str]):
     """Compose and validate; a ConfigError is printed and becomes exit code 2."""
     from rlreason.config import load_config
@@ -33,16 +81,32 @@ def _config(args: list[str]):
 
 
 def cmd_train(args: list[str]) -> int:
+    from rlreason.cluster import stop_ray
     from rlreason.controller import train
+    from rlreason.tracking import default_run_dir
 
+    if _wants_help(args):
+        print(HELP["train"])
+        return 0
     cfg = _config(args)
-    print(f"run finished: {train(cfg)}")
+    run_dir = default_run_dir(cfg.recipe, cfg.trainer.output_dir)
+    try:
+        print(f"run finished: {train(cfg, run_dir)}")
+    except KeyboardInterrupt:
+        stop_ray()  # the local cluster's processes go with it
+        again = [a for a in args if not a.startswith(("trainer.output_dir=", "trainer.resume="))]
+        print(f"\nrlreason train: interrupted. The run is in {run_dir}; continue it from its last checkpoint with:\n"
+              f"  rlreason train {' '.join(again)} trainer.output_dir={run_dir} trainer.resume=auto", file=sys.stderr)
+        return 130
     return 0
 
 
 def cmd_eval(args: list[str]) -> int:
     from rlreason.evaluation import evaluate_checkpoint, format_table
 
+    if _wants_help(args):
+        print(HELP["eval"])
+        return 0
     checkpoints = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint=")]
     if len(checkpoints) != 1:
         print("rlreason eval: give checkpoint=DIR (a step_N checkpoint, a run dir, or a Hugging Face model dir)",
@@ -102,8 +166,10 @@ def cmd_list(args: list[str]) -> int:
     print(f"KL estimators  [algorithm.kl_estimator]\n  {', '.join(KL_ESTIMATORS)}")
     print(f"loss aggregation  [algorithm.agg_mode]\n  {', '.join(AGG_MODES)}")
     print("recipes  [rlreason train recipe=NAME]")
-    for name, header in list_recipes().items():
-        print(f"  {name:<24} {header}")
+    width = max(len(name) for name in list_recipes()) + 3
+    for name, summary in list_recipes().items():  # whole sentences, wrapped under the name's column
+        print(textwrap.fill(summary, 110, initial_indent=f"  {name:<{width - 2}}", subsequent_indent=" " * width,
+                            break_on_hyphens=False))
     return 0
 
 
@@ -127,12 +193,24 @@ COMMANDS = {"train": cmd_train, "submit": _jobs("submit"), "jobs": _jobs("list_j
             "stop": _jobs("stop"), "eval": cmd_eval, "export": cmd_export, "plot": cmd_plot, "list": cmd_list}
 
 
+def _quiet_libraries() -> None:
+    """Keep library notices that are not the user's concern out of a run's output."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed otherwise warns on import that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def run_command(command: str, rest: list[str]) -> int:
     """Run one command; known failures become one clear message and an exit code, not a traceback."""
     from rlreason.checkpoint import CheckpointError
     from rlreason.config import ConfigError
     from rlreason.data.dataset import DataError
 
+    if command in ("train", "eval", "export"):
+        _quiet_libraries()
     try:
         return COMMANDS[command](rest)
     except ConfigError as e:

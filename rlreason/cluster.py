@@ -38,6 +38,9 @@ def start_ray(cfg: ClusterConfig) -> int:
         if cfg.address:
             ray.init(address=cfg.address, log_to_driver=cfg.log_to_driver)
         else:
+            # Token authentication, Ray's default for a new local cluster, said explicitly: Ray then
+            # keeps it without printing a warning about it into every run.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             # address="local": never attach to a stale cluster left by an earlier run.
             ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=cfg.dashboard,
                      dashboard_host=cfg.dashboard_host, log_to_driver=cfg.log_to_driver)

@@ -229,8 +229,9 @@ class Trainer:
             batch = batches.sft_batch([self.prompt_ids[i] for i in idx], responses, pad)
             stats = self.learners.update(batch, lr=sft.lr, loss_name="sft")
             self.log.log_warmup({"sft_step": k, "loss": stats["loss"], "grad_norm": stats["grad_norm"]})
-            if k == 1 or k == sft.steps or k % max(sft.steps // 5, 1) == 0:
-                self.log.message(f"sft warm-up {k}/{sft.steps}: loss {stats['loss']:.4f}")
+            self.log.warmup_progress(k, sft.steps, stats["loss"])
+            if k == sft.steps:
+                self.log.message(f"sft warm-up done: {k} steps, loss {stats['loss']:.4f}")
         self.learners.reset_reference()  # KL is measured against the warmed-up policy
         self.sync_weights(version=0)
         if self.drafter is not None and self.cfg.rollout.spec.train.warmup_steps:  # in-domain drafter warm start
@@ -272,7 +273,6 @@ class Trainer:
             return 1
         step = self.checkpointer.load(path, self.log.message)
         self.sync_weights(version=step)  # rollout workers start from the restored policy
-        self.log.resumed_at(step)
         self.log.message(f"resumed from {path}: continuing at step {step + 1}")
         return step + 1
 
@@ -293,6 +293,7 @@ class Trainer:
             start = self.resume()
             if self.cfg.trainer.sft.steps and start == 1:  # a resumed policy is already warmed up
                 self.sft_warmup()
+            self.log.start_rl(start)
             for step in range(start, self.cfg.trainer.total_steps + 1):
                 metrics = self.step(step)
                 self.after_step(step, metrics)

@@ -58,12 +58,13 @@ class RunLog:
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:
             f.write(config_yaml)
         self.loggers = loggers
+        self.total_steps = total_steps
         self._files: dict[str, Any] = {}
+        # Bars: warm-up and RL each get their own, made when that part starts, so neither's time estimate
+        # counts set-up or the other part.
+        self._progress = "console" in loggers and progress
         self._bar = None
-        if "console" in loggers and progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total_steps, desc="rl", unit="step", dynamic_ncols=True)
+        self._warmup_bar = None
         self._wandb = self._start_wandb(project, config_yaml) if "wandb" in loggers else None
         self._tb = self._start_tensorboard() if "tensorboard" in loggers else None
 
@@ -74,10 +75,27 @@ class RunLog:
         f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         f.flush()
 
-    def resumed_at(self, step: int) -> None:
-        """A run resumed from a checkpoint of ``step``: the progress bar starts there."""
-        if self._bar is not None:
-            self._bar.update(step)
+    def start_rl(self, first_step: int) -> None:
+        """The RL loop starts at ``first_step`` (after set-up, warm-up or a resume): its bar starts here."""
+        if self._progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total_steps, initial=first_step - 1, desc="rl", unit="step",
+                             dynamic_ncols=True)
+
+    def warmup_progress(self, k: int, total: int, loss: float) -> None:
+        """Supervised warm-up step ``k`` of ``total`` done: its own bar, closed at the last step."""
+        if not self._progress:
+            return
+        if self._warmup_bar is None:
+            from tqdm.auto import tqdm
+
+            self._warmup_bar = tqdm(total=total, desc="warm-up", unit="step", dynamic_ncols=True)
+        self._warmup_bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        self._warmup_bar.update(1)
+        if k == total:
+            self._warmup_bar.close()
+            self._warmup_bar = None
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -88,7 +106,7 @@ class RunLog:
                                   correct=f"{metrics.get('correct/mean', float('nan')):.3f}",
                                   s_per_step=f"{metrics.get('time/step', 0):.1f}", refresh=False)
             self._bar.update(1)
-        elif "console" in self.loggers:
+        elif "console" in self.loggers and not self._progress:
             keys = ("reward/mean", "correct/mean", "response_length/mean", "loss", "time/step")
             print(f"step {step}: " + " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
         if self._wandb is not None:
@@ -113,14 +131,16 @@ class RunLog:
     def message(self, text: str) -> None:
         if "console" not in self.loggers:
             return
-        if self._bar is not None:
-            self._bar.write(text)
+        bar = self._bar or self._warmup_bar
+        if bar is not None:
+            bar.write(text)
         else:
             print(text, flush=True)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        for bar in (self._warmup_bar, self._bar):
+            if bar is not None:
+                bar.close()
         for f in self._files.values():
             f.close()
         if self._wandb is not None:

@@ -104,9 +104,9 @@ class RewardGroup:
         from rlreason.faults import Supervisor
 
         actor = _ray().remote(RewardWorker).options(**Placement(cfg).options("reward", 0))
-        # held here: a restarted actor (cluster.max_restarts) is rebuilt from these same arguments
-        self._context = _ray().put(context)
-        self.actors = [actor.remote(cfg.reward, cfg.data.answer_key, self._context) for _ in range(cfg.reward.workers)]
+        # The context travels by value, inside the actor's creation task, so a restarted actor
+        # (cluster.max_restarts) is rebuilt from the same arguments without an object to keep alive.
+        self.actors = [actor.remote(cfg.reward, cfg.data.answer_key, context) for _ in range(cfg.reward.workers)]
         wait_ready(self.actors, "reward", cfg.cluster.init_timeout_s)
         self.supervisor = Supervisor(self.actors, "reward", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s)
 
