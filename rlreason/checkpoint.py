@@ -269,8 +269,11 @@ def resolve_checkpoint(spec: str, log=print) -> str:
             if found:
                 return found
             raise CheckpointError(f"{spec} holds no complete checkpoint (every step_N is missing files)")
+    saved_nothing = os.path.isfile(os.path.join(path, "metrics.jsonl"))
+    hint = (" It is a run directory whose run saved no checkpoint: runs save their last step unless "
+            "trainer.save_final=false, and every N steps with trainer.save_every=N.") if saved_nothing else ""
     raise CheckpointError(f"{spec} is not a checkpoint (no {MANIFEST}), a checkpoints/ directory or a run directory "
-                          "with checkpoints/")
+                          f"with checkpoints/.{hint}")
 
 
 def resume_path(resume: Optional[str], run_dir: str, log=print) -> Optional[str]:

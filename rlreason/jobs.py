@@ -232,7 +232,7 @@ def submit(argv: list[str]) -> int:
         job_id = args.job_id or f"rlreason-{os.path.splitext(os.path.basename(recipe))[0]}-" \
                                 f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         try:
-            job_id = client.submit_job(entrypoint=f"python -m rlreason train recipe={recipe}",
+            job_id = submit_when_ready(client, entrypoint=f"python -m rlreason train recipe={recipe}",
                                        runtime_env=runtime_env(staging, args.exclude, args.runtime_env),
                                        submission_id=job_id, metadata={"rlreason": " ".join(rest)})
         except Exception as e:  # noqa: BLE001 - auth, connection and server errors all get explained
@@ -251,6 +251,22 @@ def submit(argv: list[str]) -> int:
         print(f"follow it: rlreason logs {job_id} --follow; stop it: rlreason stop {job_id}", file=sys.stderr)
         return 0
     return follow(client, job_id)
+
+
+def submit_when_ready(client, wait_s: float = 120.0, **job) -> str:
+    """``client.submit_job(**job)``, retried while a just-started head has no job agent yet.
+
+    The job server answers (list_jobs works) some seconds before the head's agent accepts jobs;
+    until then it refuses with "No available agent to submit job".
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except Exception as e:  # noqa: BLE001 - only the agent-not-ready refusal is retried
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def follow(client, job_id: str) -> int:

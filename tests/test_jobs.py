@@ -173,3 +173,25 @@ def test_submit_a_two_step_job_with_a_custom_reward_file(head, tmp_path):
     assert logs.returncode == 0 and "run finished" in logs.stdout
     stop = _rlreason(["stop", job_id, "--address", url], env, str(project), timeout=120)
     assert stop.returncode == 0 and json.loads(stop.stdout)["job"] == job_id
+
+
+def test_submit_waits_for_a_just_started_heads_job_agent(monkeypatch):
+    from rlreason import jobs
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    answers = [RuntimeError("Request failed with status code 500: No available agent to submit job")] * 2 + ["job-1"]
+
+    class Client:  # the answers a real job server gives in its first seconds, then a submission id
+        calls = 0
+
+        def submit_job(self, **job):
+            Client.calls += 1
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert jobs.submit_when_ready(Client(), entrypoint="x") == "job-1" and Client.calls == 3
+    answers[:] = [RuntimeError("401 Unauthorized")]
+    with pytest.raises(RuntimeError, match="Unauthorized"):  # other refusals are not retried
+        jobs.submit_when_ready(Client(), entrypoint="x")

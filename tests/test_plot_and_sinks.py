@@ -55,12 +55,26 @@ def test_all_sinks_write_offline(tmp_path, monkeypatch, capsys):
 
 def test_console_progress_bar(tmp_path, capsys):
     log = RunLog(str(tmp_path), "", ["console"], 2, progress=True)
+    assert "rl:" not in capsys.readouterr().err  # no RL bar during set-up and warm-up
+    for k in (1, 2, 3):
+        log.warmup_progress(k, 3, loss=1.0 / k)
+    err = capsys.readouterr().err
+    assert "warm-up:" in err and "3/3" in err and "loss=0.3333" in err and "rl:" not in err
+    log.start_rl(1)
     for row in fake_rows(2):
         log.log_step(row.pop("step"), row)
     log.close()
     err = capsys.readouterr().err
-    assert "rl:" in err and "2/2" in err and "reward=" in err
+    assert "rl:" in err and "2/2" in err and "reward=" in err and "warm-up" not in err
     assert not (tmp_path / "metrics.jsonl").exists()  # jsonl not selected
+
+
+def test_a_resumed_run_bar_starts_at_the_checkpoint(tmp_path, capsys):
+    log = RunLog(str(tmp_path), "", ["console"], 5, progress=True)
+    log.start_rl(4)  # resumed from step 3
+    log.log_step(4, {"reward/mean": 1.0})
+    log.close()
+    assert "4/5" in capsys.readouterr().err
 
 
 def write_run(path, rows):
@@ -77,13 +91,16 @@ def test_plot_renders_every_panel(tmp_path, runs):
     from rlreason.plot import plot_runs
 
     dirs = [write_run(tmp_path / f"run{i}", fake_rows(40, scale=1 + i)) for i in range(runs)]
+    for i, d in enumerate(dirs):
+        with open(os.path.join(d, "warmup.jsonl"), "w") as f:
+            f.writelines(json.dumps({"sft_step": k, "loss": (3.0 + i) / k}) + "\n" for k in range(1, 50))
     out = plot_runs(dirs, str(tmp_path / "out.png"))
     img = mpimg.imread(out)
-    assert img.shape[0] > 800 and img.shape[1] > 2000
-    # every one of the 8 cells has ink: split the image into the 2x4 grid, none is plain white
-    h, w = img.shape[0] // 2, img.shape[1] // 4
-    for r in range(2):
-        for c in range(4):
+    assert img.shape[0] > 1200 and img.shape[1] > 1800
+    # every one of the 9 cells has ink: split the image into the 3x3 grid, none is plain white
+    h, w = img.shape[0] // 3, img.shape[1] // 3
+    for r in range(3):
+        for c in range(3):
             cell = img[r * h:(r + 1) * h, c * w:(c + 1) * w, :3]
             assert cell.std() > 0.05, (r, c)
 
@@ -96,3 +113,21 @@ def test_plot_names_a_missing_metric(tmp_path):
     plot_runs([d], str(tmp_path / "bare.png"))  # panels without data say so instead of failing
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_runs([str(tmp_path)], str(tmp_path / "x.png"))
+
+
+def test_phase_colours_are_distinct_and_the_summary_time_is_the_mean(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlreason.plot import PHASES, _legend_panel, phase_colors
+
+    colours = phase_colors(len(PHASES))
+    assert len(set(colours)) == len(PHASES)
+    fig, ax = plt.subplots()
+    rows = [{"step": 1, "time/step": 1.0}, {"step": 2, "time/step": 2.0}, {"step": 3, "time/step": 9.0}]
+    _legend_panel(ax, {"run": rows}, {"run": "k"}, ax)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "s/step (mean): 4" in texts and "9" not in texts.split("s/step")[1]
+    plt.close(fig)

@@ -31,12 +31,30 @@ def recipes_dir() -> Path:
 
 
 def list_recipes() -> dict[str, str]:
-    """Built-in recipe names -> their one-line header (the first comment line)."""
-    out = {}
-    for path in sorted(recipes_dir().glob("*.yaml")):
-        first = path.read_text().lstrip().split("\n", 1)[0]
-        out[path.stem] = first.lstrip("#").strip()
-    return out
+    """Built-in recipe names -> the first sentence of their header comment."""
+    return {path.stem: recipe_summary(path.read_text()) for path in sorted(recipes_dir().glob("*.yaml"))}
+
+
+# A period that ends these words ends no sentence.
+_ABBREVIATIONS = ("Dr.", "al.", "e.g.", "i.e.", "vs.", "App.", "Fig.", "Eq.", "cf.")
+
+
+def recipe_summary(text: str) -> str:
+    """The first sentence of a recipe's opening comment (which may span lines, up to 'Launch:')."""
+    words: list[str] = []
+    for line in text.lstrip().splitlines():
+        body = line.strip()
+        if not body.startswith("#"):
+            break
+        body = body.lstrip("#").strip()
+        if not body or body.startswith("Launch:"):
+            break
+        words += body.split()
+    for i, word in enumerate(words):
+        last = i == len(words) - 1
+        if word.endswith((".", "!", "?")) and not word.endswith(_ABBREVIATIONS) and (last or words[i + 1][:1].isupper()):
+            return " ".join(words[:i + 1])
+    return " ".join(words)
 
 
 def load_config(args: list[str]) -> RunConfig:
@@ -101,10 +119,13 @@ def _compose_recipe(recipe: str) -> tuple[DictConfig, str]:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown recipe '{name}'.{hint} Recipes: {', '.join(known)} "
                               f"(or recipe=path/to/file.yaml)")
+    # A recipe file of the user's may extend a built-in one (`defaults: [quickstart, _self_]`): the
+    # built-in recipes are searched after the file's own directory.
+    search = [f"hydra.searchpath=[file://{recipes_dir()}]"] if config_dir != recipes_dir() else []
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base=None, config_dir=str(config_dir)):
-            cfg = compose(config_name=name)
+            cfg = compose(config_name=name, overrides=search)
     except Exception as e:  # hydra raises several types; all mean "this recipe does not compose"
         raise ConfigError(f"recipe '{recipe}' does not compose: {e}") from None
     finally:

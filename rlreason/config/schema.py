@@ -333,7 +333,8 @@ class TrainerConfig:
     """Rows written to samples.jsonl per step."""
     save_every: int = 0
     """Save a checkpoint every N steps (0 = only at the end when save_final)."""
-    save_final: bool = False
+    save_final: bool = True
+    """Save a checkpoint after the last step, so ``rlreason eval`` / ``export`` work on the run dir."""
     keep_checkpoints: int = 0
     """Complete checkpoints to keep, newest first (0 = all)."""
     resume: Optional[str] = None

@@ -32,7 +32,8 @@ def _require(ok: bool, message: str) -> None:
 def _check_model(cfg: RunConfig) -> None:
     m = cfg.model
     _require(bool(m.path) or bool(m.builder),
-             "model.path is not set: give a Hugging Face model dir or hub id (or model.builder=module:function)")
+             "model.path is not set: give a Hugging Face model dir or hub id (or model.builder=module:function); "
+             "a recipe file that should build on a built-in recipe starts with `defaults: [quickstart, _self_]`")
     _require(m.dtype in DTYPES,
              f"model.dtype={m.dtype!r} is not supported; use one of {', '.join(DTYPES)} "
              "(float16 does not run on CPU; bfloat16 does everywhere)")

@@ -112,3 +112,39 @@ def test_unknown_key_in_a_recipe_file_names_the_file(tmp_path):
 
 def test_sweeps_are_refused():
     assert "sweep" in error("rollout.n=2,4")
+
+
+def test_a_users_recipe_file_extends_a_builtin_one(tmp_path):
+    (tmp_path / "mine.yaml").write_text(
+        "# mine: the quickstart, a reward of my own added\n"
+        "defaults: [quickstart, _self_]\n"
+        "reward:\n  functions:\n    - {name: math_verify}\n"
+        "    - {name: examples/rewards/my_reward.py:concise, weight: 0.5}\n"
+        "trainer:\n  total_steps: 3\n")
+    cfg = load_config([f"recipe={tmp_path / 'mine.yaml'}", "rollout.n=4"])
+    validate(cfg)
+    assert cfg.model.builder == load().model.builder  # from the quickstart
+    assert cfg.trainer.total_steps == 3 and cfg.rollout.n == 4  # the file, then the command line
+    assert [f.name.rsplit(":", 1)[-1] for f in cfg.reward.functions] == ["math_verify", "concise"]
+
+
+def test_a_recipe_file_with_only_a_reward_block_says_how_to_extend_one(tmp_path):
+    (tmp_path / "bare.yaml").write_text("reward:\n  functions:\n    - {name: math_verify}\n")
+    with pytest.raises(ConfigError, match=r"defaults: \[quickstart, _self_\]"):
+        validate(load_config([f"recipe={tmp_path / 'bare.yaml'}"]))
+
+
+def test_recipe_summaries_are_whole_first_sentences():
+    from rlreason.config.compose import recipe_summary
+
+    text = ("# Dr. GRPO on the task: advantages without the std\n# (Liu et al. 2025). Second sentence here.\n"
+            "# Launch: rlreason train recipe=x\n")
+    assert recipe_summary(text) == "Dr. GRPO on the task: advantages without the std (Liu et al. 2025)."
+    for name, summary in list_recipes().items():
+        assert summary.endswith((".", ")")), (name, summary)
+
+
+def test_a_reward_added_on_the_command_line():
+    cfg = load("reward.functions=[{name: math_verify}, {name: 'examples/rewards/my_reward.py:concise', weight: 0.5}]")
+    assert [(f.name.rsplit(":", 1)[-1], f.weight) for f in cfg.reward.functions] == [("math_verify", 1.0),
+                                                                                     ("concise", 0.5)]
