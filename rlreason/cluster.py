@@ -17,6 +17,7 @@ Not here: autoscaling, and tensor-parallel engines spanning several slots.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -38,9 +39,9 @@ def start_ray(cfg: ClusterConfig) -> int:
         if cfg.address:
             ray.init(address=cfg.address, log_to_driver=cfg.log_to_driver)
         else:
-            # Token authentication, Ray's default for a new local cluster, said explicitly: Ray then
-            # keeps it without printing a warning about it into every run.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            # Ray turns token authentication on for a new local cluster (good) and warns about it on
+            # every start (noise in every run): keep its default, drop the warning.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # address="local": never attach to a stale cluster left by an earlier run.
             ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=cfg.dashboard,
                      dashboard_host=cfg.dashboard_host, log_to_driver=cfg.log_to_driver)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -93,3 +94,59 @@ def test_a_missing_column_is_named_before_training(tmp_path, tiny_model_dir):
                    "data.prompt_key=question", "data.answer_key=gold", f"trainer.output_dir={tmp_path / 'run'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "train.jsonl" in out.stderr and "row 1" in out.stderr and "'gold'" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_prints_usage_and_the_config_sections(command):
+    out = rlreason(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: rlreason {command}") and "config error" not in out.stderr
+    for text in ("config sections:", "rlreason/config/schema.py", "trainer ", "rollout "):
+        assert text in out.stdout, text
+
+
+def test_a_hub_model_that_cannot_be_reached_fails_at_once_in_one_line(tmp_path):
+    # nothing listens on port 1 of loopback: the "hub" refuses at once, like a machine without network
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "rlreason", "train", "recipe=quickstart", "model.builder=null",
+                          "model.path=Qwen/Qwen2.5-0.5B-Instruct", f"trainer.output_dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "model.path='Qwen/Qwen2.5-0.5B-Instruct'" in out.stderr and "local copy" in out.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_resume_command_and_leaves_no_ray_process(tmp_path):
+    import signal
+    import time
+
+    ray_tmp = tempfile.mkdtemp(prefix="rlrint", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    run = tmp_path / "run"
+    args = ["train", "recipe=quickstart", "trainer.sft.steps=2000", "data.prompts_per_step=4", "rollout.n=2",
+            f"trainer.output_dir={run}"]
+    # a terminal's Ctrl-C: SIGINT to the whole foreground process group (here: a new session)
+    proc = subprocess.Popen([sys.executable, "-m", "rlreason", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "RAY_TMPDIR": ray_tmp},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while not (run / "warmup.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert f"rlreason train recipe=quickstart trainer.sft.steps=2000 data.prompts_per_step=4 rollout.n=2 " \
+           f"trainer.output_dir={run} trainer.resume=auto" in err
+    time.sleep(5)
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _environ_mentions(p, ray_tmp)]
+    assert not left, f"Ray processes left behind: {left}"
+
+
+def _environ_mentions(pid: str, text: str) -> bool:
+    """Whether the process was started with ``text`` in its environment (every Ray process of the run is)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False

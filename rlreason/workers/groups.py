@@ -98,17 +98,20 @@ class RewardGroup:
         # actors on other nodes need not see the files (rewards/base.py: read_sources).
         context = RewardContext(max_response_length=cfg.rollout.max_new_tokens,
                                 add_special_tokens=not cfg.data.chat_template,
-                                sources=read_sources([f.name for f in cfg.reward.functions]),
-                                policy=list(policy_actors or []))
+                                sources=read_sources([f.name for f in cfg.reward.functions]))
         from rlreason.cluster import Placement
         from rlreason.faults import Supervisor
 
         actor = _ray().remote(RewardWorker).options(**Placement(cfg).options("reward", 0))
-        # The context travels by value, inside the actor's creation task, so a restarted actor
-        # (cluster.max_restarts) is rebuilt from the same arguments without an object to keep alive.
+        # The context travels by value in the creation task, so a restarted actor (cluster.max_restarts)
+        # is rebuilt from it alone. The rollout actors' handles are sent after creation, and again to a
+        # restarted actor: as creation arguments Ray would keep them in its object store.
+        self.policy = list(policy_actors or [])
         self.actors = [actor.remote(cfg.reward, cfg.data.answer_key, context) for _ in range(cfg.reward.workers)]
         wait_ready(self.actors, "reward", cfg.cluster.init_timeout_s)
-        self.supervisor = Supervisor(self.actors, "reward", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s)
+        self.set_policy(self.policy)
+        self.supervisor = Supervisor(self.actors, "reward", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s,
+                                     on_restart=lambda w: _ray().get(self.actors[w].set_policy.remote(self.policy)))
 
     def score(self, req: ScoreRequest) -> RewardResult:
         """Split whole groups between the actors (group rewards see every response of a prompt)."""
@@ -124,7 +127,8 @@ class RewardGroup:
 
     def set_policy(self, actors: list) -> None:
         """Point model rewards (scorer=policy) at the current rollout actors, e.g. after one was restarted."""
-        _ray().get([a.set_policy.remote(list(actors)) for a in self.actors])
+        self.policy = list(actors)
+        _ray().get([a.set_policy.remote(self.policy) for a in self.actors])
 
     def close(self) -> None:
         _ray().get([a.close.remote() for a in self.actors])
