@@ -34,17 +34,20 @@ def gspo_token(inp: LossInput, *, clip_low: float = 3e-4, clip_high: float = 4e-
     """GSPO-token: s_{i,t} = sg(s_i)·π_θ(o_t)/sg(π_θ(o_t)) allows token-level advantages [n, T].
 
     Same value as GSPO; each token's gradient is its own (∂s_{i,t}/∂lp_{i,t} = s_i), which with
-    seq-mean-token-mean equals GSPO's when A is constant over the response.
+    seq-mean-token-mean equals GSPO's when A is constant over the response. Where the sequence
+    log-ratio is clamped (> 10) there is no gradient, as in GSPO.
     """
-    log_s = _log_seq_ratio(inp).detach()[:, None] + inp.logprobs - inp.logprobs.detach()
+    raw = _log_seq_ratio(inp, clamp=False).detach()
+    live = (raw <= LOG_RATIO_MAX).to(inp.logprobs.dtype)[:, None]
+    log_s = raw.clamp(max=LOG_RATIO_MAX)[:, None] + (inp.logprobs - inp.logprobs.detach()) * live
     return _clipped(inp, torch.exp(log_s), clip_low, clip_high)
 
 
-def _log_seq_ratio(inp: LossInput) -> Tensor:
+def _log_seq_ratio(inp: LossInput, clamp: bool = True) -> Tensor:
     """[n] log s_i; an empty response (L = 0) gets 0 (its tokens carry no loss anyway)."""
     mask = inp.response_mask
     log_ratio = ((inp.logprobs - inp.old_logprobs) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-    return log_ratio.clamp(max=LOG_RATIO_MAX)
+    return log_ratio.clamp(max=LOG_RATIO_MAX) if clamp else log_ratio
 
 
 def _clipped(inp: LossInput, ratio: Tensor, clip_low: float, clip_high: float) -> LossOutput:

@@ -37,9 +37,10 @@ def abs_kl(lp: Tensor, ref: Tensor) -> Tensor:
 
 
 def _straight_through(value_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    # value of value_fn, gradient of k2 (verl's "k1+"/"k3+")
+    # value of value_fn, gradient of ½d² (verl's "k1+"/"k3+"): the unclamped square, so the gradient
+    # is d at any distance (k2's value clamp would zero it beyond |d| = √20)
     def est(lp: Tensor, ref: Tensor) -> Tensor:
-        g = k2(lp, ref)
+        g = 0.5 * (lp - ref) ** 2
         return g - g.detach() + value_fn(lp, ref).detach()
 
     return est

@@ -38,6 +38,7 @@ def reinforce_pp_baseline(inp: AdvantageInput, *, gamma: float = 1.0, whiten_ddo
     r = inp.rewards.float()
     stats = group_stats(r, inp.group_index, ddof=0)
     centred = torch.where(stats.all_equal | (stats.count <= 1), torch.zeros_like(r), r - stats.mean)
+    centred = torch.where(torch.isnan(r), r, centred)  # a NaN row stays out of the whitening (§17.3)
     return _reinforce(inp, centred, gamma, whiten_ddof, eps)
 
 

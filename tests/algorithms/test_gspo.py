@@ -67,3 +67,16 @@ def test_gspo_token_gradient_closed_form(case):
             a = adv[i, t].item()
             clipped = -a * min(max(s, 0.95), 1.05) > -a * s
             assert grad[i, t].item() == pytest.approx(0.0 if clipped else -a * s, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gspo", "gspo_token"])
+def test_a_clamped_sequence_ratio_passes_no_gradient(name):
+    # one token, lp − lp_old = 11 > 10: log s is clamped, s = e^10; the clamp stops the gradient in both
+    lp = torch.tensor([[11.0]], dtype=torch.float64, requires_grad=True)
+    inp = LossInput(logprobs=lp, old_logprobs=torch.zeros(1, 1, dtype=torch.float64),
+                    advantages=-torch.ones(1, 1, dtype=torch.float64), response_mask=torch.ones(1, 1, dtype=torch.float64),
+                    rewards=torch.zeros(1), correct=torch.zeros(1), group_index=torch.zeros(1, dtype=torch.long))
+    out = POLICY_LOSSES.get(name)(inp)
+    out.token_loss.sum().backward()
+    assert out.token_loss.item() == pytest.approx(math.exp(10.0), rel=1e-12)
+    assert lp.grad.item() == 0.0

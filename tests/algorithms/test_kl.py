@@ -27,3 +27,13 @@ def test_k3_is_nonnegative_and_clamped():
     ref = torch.tensor([[0.0, 0.0, 0.0]])
     v = KL_ESTIMATORS["k3"](lp, ref)
     assert (v >= 0).all() and (v <= 10).all() and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("name,value", [("k1+", 5.0), ("k3+", math.exp(-5.0) + 5.0 - 1.0)])
+def test_straight_through_gradient_is_d_beyond_the_value_clamp(name, value):
+    # |d| = 5 > √20: k2's value clamp would zero the gradient; the gradient of ½d² is d = 5
+    lp = torch.tensor([[0.0]], dtype=torch.float64, requires_grad=True)
+    v = KL_ESTIMATORS[name](lp, torch.tensor([[-5.0]], dtype=torch.float64))
+    v.sum().backward()
+    assert v.item() == pytest.approx(value, abs=1e-6) and value == pytest.approx(5.0 if name == "k1+" else 4.006738, abs=1e-6)
+    assert lp.grad.item() == pytest.approx(5.0, abs=1e-9)

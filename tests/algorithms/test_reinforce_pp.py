@@ -81,3 +81,25 @@ def test_single_valid_token_is_left_unnormalised():
     mask = torch.tensor([[1.0, 0.0]])
     adv = ADVANTAGES.get("reinforce_pp")(AdvantageInput(r, torch.zeros(1, dtype=torch.long), mask, r))
     assert adv.tolist() == [[2.0, 0.0]]
+
+
+def test_baseline_nan_rows_stay_out_even_in_groups_with_one_valid_or_equal_rewards():
+    # group 0: both rewards NaN; group 1: [1, 0]; lengths [1, 1, 2, 1], ddof 1 (float64 reference by hand:
+    # token values [.5, .5, −.5], mean 1/6, var 1/3 → (.5 − 1/6)/√(1/3) = 0.577350, (−.5 − 1/6)/√(1/3) = −1.154701)
+    nan = float("nan")
+    r = torch.tensor([nan, nan, 1.0, 0.0])
+    mask = (torch.arange(2)[None] < torch.tensor([1, 1, 2, 1])[:, None]).float()
+    adv = ADVANTAGES.get("reinforce_pp_baseline")(AdvantageInput(r, torch.tensor([0, 0, 1, 1]), mask, r),
+                                                  whiten_ddof=1)
+    assert adv[:2].abs().max().item() == 0.0
+    assert adv[2].tolist() == pytest.approx([0.577350, 0.577350], abs=1e-6)
+    assert adv[3].tolist() == pytest.approx([-1.154701, 0.0], abs=1e-6)
+    # one NaN beside one valid reward (a singleton once NaN is left out), and beside two equal ones
+    r2 = torch.tensor([nan, 1.0, nan, 1.0, 1.0, 1.0, 0.0])
+    mask2 = torch.ones(7, 1)
+    adv2 = ADVANTAGES.get("reinforce_pp_baseline")(AdvantageInput(r2, torch.tensor([0, 0, 1, 1, 1, 2, 2]), mask2, r2))
+    assert adv2[0].item() == 0.0 and adv2[2].item() == 0.0
+    valid = adv2[[1, 3, 4, 5, 6], 0]  # outcomes [0, 0, 0, .5, −.5] whitened over these five tokens only
+    expect = torch.tensor([0.0, 0.0, 0.0, 0.5, -0.5])
+    expect = (expect - expect.mean()) / torch.sqrt(expect.var(unbiased=True) + 1e-8)
+    assert torch.allclose(valid, expect, atol=1e-5)
