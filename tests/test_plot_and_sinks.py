@@ -110,7 +110,16 @@ def test_plot_names_a_missing_metric(tmp_path):
 
     d = write_run(tmp_path / "bare", [{"step": 1, "reward/mean": 0.1, "time/step": 1.0, "time/generate": 1.0}])
     assert read_run(d)[0]["step"] == 1
-    plot_runs([d], str(tmp_path / "bare.png"))  # panels without data say so instead of failing
+    out = plot_runs([d], str(tmp_path / "bare.png"))  # panels without data say so instead of failing
+    assert os.path.getsize(out) > 10_000
+    import matplotlib.pyplot as plt
+
+    from rlreason.plot import _panel
+
+    fig, ax = plt.subplots()
+    _panel(ax, {"bare": read_run(d)}, {"bare": "k"}, "KL to reference", "kl", "KL")
+    assert [t.get_text() for t in ax.texts] == ["'kl' not logged"]
+    plt.close(fig)
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_runs([str(tmp_path)], str(tmp_path / "x.png"))
 

@@ -34,9 +34,12 @@ def test_recipe_overrides_only_what_it_names():
 
 
 def test_every_builtin_recipe_composes_and_validates():
-    for name in list_recipes():
+    names = list(list_recipes())
+    assert len(names) >= 30 and "quickstart" in names  # the recipes folder was found and read
+    for name in names:
         cfg = load_config([f"recipe={name}"])
         validate(cfg)
+        assert cfg.recipe == name and (cfg.model.path or cfg.model.builder)
 
 
 def test_unknown_key_names_it_and_suggests():
