@@ -6,6 +6,8 @@ here too, so a misspelt algorithm or reward fails in seconds, not after the mode
 
 from __future__ import annotations
 
+import math
+
 from rlreason.config.compose import ConfigError
 from rlreason.config.schema import RunConfig
 from rlreason.registry import RegistryError, check_kwargs
@@ -136,7 +138,14 @@ def _check_learner(cfg: RunConfig) -> None:
     _require(lr.epochs >= 1, f"learner.epochs must be >= 1, got {lr.epochs}")
     _require(lr.lr_schedule in ("constant", "cosine"),
              f"learner.lr_schedule={lr.lr_schedule!r}: use constant or cosine")
-    _require(len(lr.betas) == 2, f"learner.betas must have two values, got {lr.betas}")
+    _require(len(lr.betas) == 2 and all(0.0 <= b < 1.0 for b in lr.betas),
+             f"learner.betas must be two values in [0, 1), got {lr.betas}")
+    _require(math.isfinite(lr.lr) and lr.lr > 0, f"learner.lr must be a finite number > 0, got {lr.lr}")
+    _require(math.isfinite(lr.weight_decay) and lr.weight_decay >= 0,
+             f"learner.weight_decay must be >= 0, got {lr.weight_decay}")
+    _require(math.isfinite(lr.grad_clip) and lr.grad_clip >= 0,
+             f"learner.grad_clip must be >= 0 (0 = off), got {lr.grad_clip}")
+    _require(lr.warmup_steps >= 0, f"learner.warmup_steps must be >= 0, got {lr.warmup_steps}")
     rows = cfg.data.prompts_per_step * cfg.rollout.n
     _require(lr.updates_per_step <= rows,
              f"learner.updates_per_step={lr.updates_per_step} is more than the {rows} responses of a step "
@@ -187,6 +196,8 @@ def _check_trainer(cfg: RunConfig) -> None:
     bad = [x for x in t.loggers if x not in LOGGERS]
     _require(not bad, f"trainer.loggers has {bad}; choose from {', '.join(LOGGERS)}")
     _require(t.sft.steps >= 0 and t.sft.batch_size >= 1, "trainer.sft.steps must be >= 0 and batch_size >= 1")
+    _require(t.sft.steps == 0 or (math.isfinite(t.sft.lr) and t.sft.lr > 0),
+             f"trainer.sft.lr must be a finite number > 0, got {t.sft.lr}")
     _require(t.save_every >= 0, f"trainer.save_every must be >= 0, got {t.save_every}")
 
 

@@ -151,3 +151,13 @@ def test_a_reward_added_on_the_command_line():
     cfg = load("reward.functions=[{name: math_verify}, {name: 'examples/rewards/my_reward.py:concise', weight: 0.5}]")
     assert [(f.name.rsplit(":", 1)[-1], f.weight) for f in cfg.reward.functions] == [("math_verify", 1.0),
                                                                                      ("concise", 0.5)]
+
+
+@pytest.mark.parametrize("override,key", [
+    ("learner.lr=-1e-4", "learner.lr"), ("learner.lr=nan", "learner.lr"), ("learner.lr=0", "learner.lr"),
+    ("learner.weight_decay=-0.1", "learner.weight_decay"), ("learner.betas=[0.9,1.0]", "learner.betas"),
+    ("learner.betas=[-0.1,0.999]", "learner.betas"), ("learner.grad_clip=-1", "learner.grad_clip"),
+    ("trainer.sft.lr=-0.001", "trainer.sft.lr"), ("learner.warmup_steps=-3", "learner.warmup_steps"),
+])
+def test_optimizer_settings_are_checked_before_anything_starts(override, key):
+    assert key in error(override)
