@@ -46,10 +46,13 @@ def load_rows(spec: str, split: str = "train", subset: Optional[str] = None) -> 
         kinds = {FILE_KINDS[os.path.splitext(f)[1]] for f in files}
         if len(kinds) > 1:
             raise DataError(f"data directory '{spec}' mixes json and parquet files; keep one kind")
+        for f in files:
+            check_json_file(f)
         ds = datasets.load_dataset(kinds.pop(), data_files=files, split="train")
     elif os.path.splitext(spec)[1] in FILE_KINDS:
         if not os.path.isfile(spec):
             raise DataError(f"data file '{spec}' does not exist (looked at {os.path.abspath(spec)})")
+        check_json_file(spec)
         ds = datasets.load_dataset(FILE_KINDS[os.path.splitext(spec)[1]], data_files=spec, split="train")
     else:
         try:
@@ -58,6 +61,58 @@ def load_rows(spec: str, split: str = "train", subset: Optional[str] = None) -> 
             raise DataError(f"cannot load dataset '{spec}' (split '{split}'): it is not a local "
                             f".jsonl/.json/.parquet file or directory, and loading it from the hub failed: {e}") from e
     return PromptSet(rows=[dict(r) for r in ds], source=spec if subset is None else f"{spec} ({subset})")
+
+
+def check_json_file(path: str) -> None:
+    """Name the file and the 1-based line of what ``datasets`` reports without either: an empty file,
+    bytes that are not UTF-8, a line of a .jsonl file that is not a JSON object. Parquet files pass."""
+    kind = os.path.splitext(path)[1]
+    if kind == ".jsonl":
+        _check_jsonl(path)
+    elif kind == ".json":
+        _check_json(path)
+
+
+def _utf8_lines(path: str):
+    """(1-based line number, text) of every line, failing on the first line that is not UTF-8."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}, line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); save the file as UTF-8") from None
+
+
+def _check_jsonl(path: str) -> None:
+    import json
+
+    rows = 0
+    for number, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        rows += 1
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno}); "
+                            "a .jsonl file holds one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object of columns")
+    if rows == 0:
+        raise DataError(f"{path} is empty: it holds no rows")
+
+
+def _check_json(path: str) -> None:
+    import json
+
+    text = "".join(line for _, line in _utf8_lines(path))
+    if not text.strip():
+        raise DataError(f"{path} is empty: it holds no rows")
+    try:
+        json.loads(text)
+    except ValueError as e:
+        raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
 def _load_subset(datasets, spec: str, subset: str, split: str):

@@ -105,3 +105,27 @@ def test_unknown_subset_lists_the_subsets(tmp_path):
     repo = local_dataset_repo(tmp_path / "dapo")
     with pytest.raises(DataError, match=r"no subset 'fr' \(data.subset\); its subsets: (en, cn|cn, en)"):
         load_rows(repo, "train", subset="fr")
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    ("empty.jsonl", b"", "empty.jsonl is empty"),
+    ("blank.jsonl", b"\n  \n", "blank.jsonl is empty"),
+    ("empty.json", b"", "empty.json is empty"),
+    ("latin1.jsonl", b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "2"}\n',
+     "latin1.jsonl, line 2: not UTF-8 text (byte 0xe9 at column 16)"),
+    ("broken.jsonl", b'{"prompt": "a", "answer": "1"}\n\n{"prompt": "b", "answer": \n',
+     "broken.jsonl, line 3: not valid JSON"),
+    ("list.jsonl", b'{"prompt": "a", "answer": "1"}\n[1, 2]\n', "list.jsonl, line 2: a JSON list, not an object"),
+    ("broken.json", b'[\n {"prompt": "a"},\n {"prompt": }\n]\n', "broken.json, line 3: not valid JSON"),
+])
+def test_bad_files_name_the_file_and_the_line(tmp_path, name, content, expect):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_rows(str(path))
+    assert expect in str(info.value)
+    directory = tmp_path / "dir"  # the same file inside a data directory
+    directory.mkdir()
+    (directory / name).write_bytes(content)
+    with pytest.raises(DataError, match=expect.split(" ")[0].replace(".", r"\.")):
+        load_rows(str(directory))
