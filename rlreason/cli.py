@@ -208,6 +208,7 @@ def run_command(command: str, rest: list[str]) -> int:
     from rlreason.checkpoint import CheckpointError
     from rlreason.config import ConfigError
     from rlreason.data.dataset import DataError
+    from rlreason.faults import RunStopped
 
     if command in ("train", "eval", "export"):
         _quiet_libraries()
@@ -222,6 +223,9 @@ def run_command(command: str, rest: list[str]) -> int:
     except CheckpointError as e:
         print(f"rlreason {command}: checkpoint error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"rlreason {command}: run stopped: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         from rlreason.faults import explain_failure
         from rlreason.jobs import JobError

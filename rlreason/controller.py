@@ -45,6 +45,7 @@ class Trainer:
                           cfg.trainer.project, cfg.trainer.progress)
         self.optimizer_steps = 0
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.unscored_steps = 0  # steps in a row in which no response got a reward score
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
 
     # ---- setup ------------------------------------------------------------------------------
@@ -98,6 +99,8 @@ class Trainer:
         groups = self.collect(step, t)
         rollout, rewards = groups.rollout, groups.rewards
         prompts, rows = [self.prompts[u] for u in groups.uids], [self.train_set.rows[u] for u in groups.uids]
+        if len(groups):
+            self.check_scored(step, rewards)
         if len(groups) == 0:  # reward errors or dynamic sampling left no group: nothing to learn this step
             self.log.log_reward_errors(step, rewards.errors)
             filtered = groups.stats.get("sampling/groups_filtered", 0)
@@ -172,6 +175,24 @@ class Trainer:
             if (tr.save_every and step % tr.save_every == 0) or (tr.save_final and step == tr.total_steps):
                 self.checkpointer.save(step, pending_row=with_phase_times(metrics, t))
         metrics.update(with_phase_times(metrics, t))
+
+    def check_scored(self, step: int, rewards) -> None:
+        """A step in which no response got a score trains on nothing: say so, and stop after
+        reward.max_unscored_steps such steps in a row."""
+        from rlreason.faults import RunStopped
+
+        if not torch.isnan(rewards.scores).all():
+            self.unscored_steps = 0
+            return
+        self.unscored_steps += 1
+        self.log.message(f"step {step}: no response got a reward score: every reward function returned None or "
+                         "failed (errors, if any, in reward_errors.jsonl); nothing to learn from")
+        limit = self.cfg.reward.max_unscored_steps
+        if limit and self.unscored_steps >= limit:
+            names = ", ".join(f.name for f in self.cfg.reward.functions)
+            raise RunStopped(f"{self.unscored_steps} steps in a row without a single reward score from {names}. "
+                             f"Check that the reward applies to this data (its 'when' routing, data.answer_key) and "
+                             f"see {self.run_dir}/reward_errors.jsonl; reward.max_unscored_steps=0 lets the run go on")
 
     def fault_metrics(self, step: int, stats: dict[str, float]) -> dict[str, float]:
         """Counters of what went wrong and was survived: skipped updates, restarted actors."""

@@ -94,6 +94,10 @@ GENERIC_HINT = ("Ray's memory monitor kills the process using the most memory wh
                 "RAY_memory_usage_threshold (0.95 by default); lower the batch sizes of that phase or add memory")
 
 
+class RunStopped(RuntimeError):
+    """The run cannot usefully go on (e.g. no response gets a reward); the message says why and what to do."""
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     ray = _ray()
     seen: set[int] = set()

@@ -150,3 +150,20 @@ def _environ_mentions(pid: str, text: str) -> bool:
             return text.encode() in f.read()
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_a_run_whose_rewards_score_nothing_stops_and_says_why(tmp_path):
+    reward = tmp_path / "nothing.py"
+    reward.write_text("def nothing(**kw):\n    return None\n")
+    run = tmp_path / "run"
+    out = rlreason("train", "recipe=quickstart", f"reward.functions=[{{name: '{reward}:nothing'}}]",
+                   "reward.max_unscored_steps=2", "trainer.total_steps=5", "trainer.sft.steps=1",
+                   "data.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8", f"trainer.output_dir={run}",
+                   "trainer.progress=false")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "run stopped: 2 steps in a row without a single reward score" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout.count("no response got a reward score") == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]  # the step that stops the run is not logged as trained

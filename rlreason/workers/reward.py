@@ -213,8 +213,19 @@ class RewardWorker:
                 self._fail(k, unit, error, values, failed, errors)
             else:
                 got = [outcome.value] if self.resolved[k].kind == "sample" else outcome.value
-                for i, v in zip(unit, got):
-                    values[k][i] = v
+                self._store(k, unit, got, req, values, failed, errors)
+
+    def _store(self, k: int, unit: list[int], got: list, req: ScoreRequest, values: list, failed: list,
+               errors: list) -> None:
+        """Keep each sample's value; a NaN or infinite score is that sample's error, not a score."""
+        for i, v in zip(unit, got):
+            score = v.get("score") if isinstance(v, dict) else v
+            if isinstance(score, (int, float)) and not math.isfinite(score):
+                self._fail(k, [i], f"{where(self.functions[k].name, req.sample_ids[i])}: returned a score of "
+                                   f"{score}: a reward must be a finite number, or None for not applicable",
+                           values, failed, errors)
+            else:
+                values[k][i] = v
 
     def _shape_error(self, k: int, unit: list[int], value: Any, req: ScoreRequest) -> Optional[str]:
         batched = self.resolved[k].kind != "sample"
@@ -256,8 +267,7 @@ class RewardWorker:
         if error:
             self._fail(k, rows, error, values, failed, errors)
             return
-        for i, v in zip(rows, got):
-            values[k][i] = v
+        self._store(k, rows, got, req, values, failed, errors)
 
     def _scorer(self, name: str) -> Callable:
         from rlreason.workers.scoring import PolicyScorer, local_scorer

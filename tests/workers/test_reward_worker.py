@@ -219,3 +219,41 @@ def test_model_reward_without_rollout_workers_is_a_reported_failure():
         worker.close()
     assert res.scores.tolist() == [0.0, 0.0] and len(res.errors) == 1
     assert "likelihood on samples [100, 101]: ValueError: scorer=policy needs the rollout workers" in res.errors[0]
+
+
+NON_FINITE_FILE = '''
+from rlreason.rewards import batched
+
+def per_sample(*, response, **kw):
+    return {"nan": float("nan"), "inf": float("inf"), "ninf": {"score": float("-inf")}, "none": None}.get(response, 1.0)
+
+@batched(per="group")
+def per_group(*, response, **kw):
+    return [float("nan") if r == "nan" else 0.5 for r in response]
+'''
+
+
+@pytest.mark.parametrize("fn,bad", [("per_sample", ["nan", "inf", "ninf"]), ("per_group", ["nan"])])
+@pytest.mark.parametrize("on_error", ["zero", "skip"])
+def test_a_nan_or_infinite_score_is_an_error_of_that_sample(tmp_path, fn, bad, on_error):
+    path = tmp_path / "non_finite.py"
+    path.write_text(NON_FINITE_FILE)
+    cfg = RewardConfig(functions=[RewardFunctionConfig(f"{path}:{fn}")], processes=1, timeout_s=20, on_error=on_error)
+    worker = RewardWorker(cfg, answer_key="answer")
+    responses = ["ok", "nan", "inf", "ninf", "none"]
+    req = request(responses)
+    req.group_ids = [0] * len(responses)
+    try:
+        res = worker.score(req)
+    finally:
+        worker.close()
+    assert len(res.errors) == len(bad)  # counted in reward/errors, each naming the function and the sample
+    for error, response in zip(res.errors, bad):
+        sample = 100 + responses.index(response)
+        assert f"sample {sample}" in error and fn in error and "finite" in error
+    for i, response in enumerate(responses):
+        got = res.scores[i].item()
+        if response in bad:
+            assert (got == 0.0) if on_error == "zero" else math.isnan(got)
+        else:
+            assert math.isfinite(got) or response == "none"
