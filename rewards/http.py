@@ -8,7 +8,9 @@ Response: a JSON list with one entry per response (a number, ``{"score": x, ...}
 object ``{"scores": [...]}``.
 
 Connection errors, timeouts, 429 and 5xx answers are retried with exponential back-off; other 4xx
-answers fail at once (retrying a bad request does not help). Runs inside a reward process, so the
+answers fail at once (retrying a bad request does not help). Redirects are not followed: urllib would
+re-send the request, ``Authorization`` and other headers included, to wherever the answer points; the
+error names the target so the recipe can name it instead. Runs inside a reward process, so the
 pool's wall-clock timeout still bounds the whole call, retries included. Standard library only.
 """
 
@@ -24,6 +26,14 @@ from typing import Any, Optional
 _RETRY_CODES = (429, 500, 502, 503, 504)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's hook
+        return None  # urllib then raises the 3xx answer as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def http_reward(*, url: str, request_timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5,
                 headers: Optional[dict[str, str]] = None, **fields: Any) -> list:
     """POST the batch as JSON to ``url``; the endpoint answers with one score per response."""
@@ -36,9 +46,13 @@ def http_reward(*, url: str, request_timeout_s: float = 10.0, retries: int = 3, 
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             req = urllib.request.Request(url, data=body, headers=head, method="POST")
-            with urllib.request.urlopen(req, timeout=request_timeout_s) as answer:
+            with _OPENER.open(req, timeout=request_timeout_s) as answer:
                 return _scores(json.loads(answer.read()), n, url)
         except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:
+                raise RuntimeError(f"{url} answered HTTP {e.code}, a redirect to {e.headers.get('Location')}: "
+                                   "reward requests do not follow redirects (they would carry your headers "
+                                   "there); name the final URL in the recipe") from None
             if e.code not in _RETRY_CODES:
                 detail = e.read()[:300].decode(errors="replace")
                 raise RuntimeError(f"{url} answered HTTP {e.code} {e.reason}: {detail}") from None

@@ -18,6 +18,7 @@ class Judge(BaseHTTPRequestHandler):
     /slow: sleeps 3 s; /bad: 400; /short: one score too few. Every request body is recorded."""
 
     bodies: list = []
+    redirected_headers: list = []
     flaky_left = 2
 
     def do_POST(self):  # noqa: N802
@@ -30,6 +31,13 @@ class Judge(BaseHTTPRequestHandler):
             time.sleep(3)
         if self.path == "/bad":
             return self._send(400, {"error": "no ground_truth"})
+        if self.path.startswith("/moved"):  # a redirect elsewhere; a followed one would land on /score
+            Judge.redirected_headers.append(dict(self.headers))
+            self.send_response(int(self.path.rsplit("/", 1)[1]))
+            self.send_header("Location", "/score")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         scores = [{"score": float(str(g) in r), "len": len(r)} for r, g in zip(body["response"], body["ground_truth"])]
         self._send(200, scores[:-1] if self.path == "/short" else {"scores": scores})
 
@@ -88,3 +96,12 @@ def test_endpoint_named_in_a_recipe_scores_through_the_reward_worker(server):
     assert res.scores.tolist() == [2.0, 0.0, 2.0]  # the failing endpoint scored 0 (on_error=zero)
     assert res.components["score/len"].tolist() == [4.0, 4.0, 2.0]
     assert len(res.errors) == 1 and "/bad on samples [10, 11, 12]" in res.errors[0] and "HTTP 400" in res.errors[0]
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_redirects_are_not_followed_and_headers_go_nowhere_else(server, code):
+    before = len(Judge.bodies)
+    with pytest.raises(RuntimeError, match=f"HTTP {code}, a redirect to /score"):
+        http_reward(url=f"{server}/moved/{code}", headers={"Authorization": "Bearer secret"}, retries=0,
+                    response=["a"], ground_truth=["a"])
+    assert [path for path, _ in Judge.bodies[before:]] == [f"/moved/{code}"]  # /score was never asked
