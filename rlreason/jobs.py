@@ -4,7 +4,8 @@
 (a typo fails before anything is uploaded), then stages a directory that Ray uploads as the job's
 working dir:
 
-    <copy of the working dir>      (--working-dir, default: the current directory, minus EXCLUDES)
+    <copy of the working dir>      (--working-dir, default: the current directory): what git tracks
+                                   or would track there, minus EXCLUDES and key files (SECRETS)
     _rlreason_job/<recipe>.yaml    the resolved config, with cluster.address=auto and every local
                                    file it names rewritten relative to the working dir
     _rlreason_job/files/...        named files outside the working dir (reward files, datasets,
@@ -42,6 +43,9 @@ EXCLUDES = [".git", ".venv", "venv", "runs", "wandb", "__pycache__", ".pytest_ca
             ".ruff_cache", ".tox", "node_modules", "*.egg-info", ".gitignore", ".rayignore"]
 # .gitignore/.rayignore are left out so Ray ships exactly what was staged (a data file the user
 # git-ignores is still a file the recipe needs).
+# Never uploaded from the working dir, whatever git says: files that hold keys and credentials.
+SECRETS = [".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+           ".ssh", ".netrc", ".git-credentials", ".aws", ".pypirc", ".npmrc", ".docker", ".kube"]
 MAX_WORKING_DIR_MB = 500  # Ray refuses larger working dirs
 MAX_SHIPPED_MODEL_MB = 200  # a larger local model must already be on the cluster (shared storage)
 JOB_DIR = "_rlreason_job"
@@ -105,23 +109,35 @@ def _excluded(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def copy_tree(src: str, dst: str, excludes: list[str]) -> int:
-    """Copy ``src`` into ``dst`` (hard links where possible), skipping excluded names; returns bytes."""
+def working_files(src: str, excludes: list[str]) -> list[str]:
+    """Files of ``src`` to upload, relative to it: what git tracks or would track there (not what it
+    ignores), else every file; never a name in ``excludes`` or SECRETS, at any depth."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=src,
+                             capture_output=True, check=True).stdout.decode()
+        found = [p for p in out.split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a repository
+        found = [os.path.relpath(os.path.join(root, f), src) for root, _, files in os.walk(src) for f in files]
+    patterns = excludes + SECRETS
+    return sorted(p for p in found if not any(_excluded(part, patterns) for part in p.split(os.sep))
+                  and os.path.isfile(os.path.join(src, p)) and not os.path.islink(os.path.join(src, p)))
+
+
+def copy_tree(src: str, dst: str, excludes: list[str]) -> tuple[int, int]:
+    """Copy the working files of ``src`` into ``dst`` (hard links where possible); returns (bytes, files)."""
+    files = working_files(src, excludes)
     total = 0
-    for root, dirs, files in os.walk(src):
-        dirs[:] = [d for d in dirs if not _excluded(d, excludes) and not os.path.islink(os.path.join(root, d))]
-        out = os.path.join(dst, os.path.relpath(root, src))
-        os.makedirs(out, exist_ok=True)
-        for name in files:
-            if _excluded(name, excludes):
-                continue
-            s, d = os.path.join(root, name), os.path.join(out, name)
-            total += os.path.getsize(s)
-            try:
-                os.link(s, d)
-            except OSError:  # another filesystem
-                shutil.copy2(s, d)
-    return total
+    for rel in files:
+        s, d = os.path.join(src, rel), os.path.join(dst, rel)
+        os.makedirs(os.path.dirname(d), exist_ok=True)
+        total += os.path.getsize(s)
+        try:
+            os.link(s, d)
+        except OSError:  # another filesystem
+            shutil.copy2(s, d)
+    return total, len(files)
 
 
 def _size_mb(path: str) -> float:
@@ -137,6 +153,7 @@ class Stager:
         self.working_dir, self.staging = os.path.abspath(working_dir), staging
         self.shipped: list[str] = []
         self.warnings: list[str] = []
+        self.uploading = ""  # what the working dir's upload holds, said before submitting
 
     def ship(self, path: str, what: str, max_mb: Optional[float] = None) -> str:
         full = os.path.abspath(path)
@@ -179,12 +196,15 @@ def stage(cfg, working_dir: str, excludes: list[str]) -> tuple[str, str, Stager]
     from rlreason.config import to_yaml
 
     staging = tempfile.mkdtemp(prefix="rlreason-job-")
-    size = copy_tree(working_dir, staging, EXCLUDES + excludes) / 2**20
+    total, count = copy_tree(working_dir, staging, EXCLUDES + excludes)
+    size = total / 2**20
     if size > MAX_WORKING_DIR_MB:
         shutil.rmtree(staging, ignore_errors=True)
         raise JobError(f"the working dir {working_dir} is {size:.0f} MB, more than Ray's {MAX_WORKING_DIR_MB} MB: "
                        "leave out large folders with --exclude PATTERN or pick a smaller --working-dir")
     stager = Stager(working_dir, staging)
+    stager.uploading = f"uploading {count} files ({size:.1f} MB) of {os.path.abspath(working_dir)}: what git " \
+                       f"tracks or would track there, without {', '.join(SECRETS[:3])} and other key files"
     stage_config(cfg, stager)
     name = os.path.splitext(os.path.basename(cfg.recipe))[0] or "job"
     recipe = os.path.join(JOB_DIR, f"{name}.yaml")
@@ -239,6 +259,7 @@ def submit(argv: list[str]) -> int:
             raise JobError(explain(e, job_address(args.address))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    print(stager.uploading, file=sys.stderr)
     for line in stager.shipped:
         print(f"shipped {line}", file=sys.stderr)
     for line in stager.warnings:

@@ -195,3 +195,25 @@ def test_submit_waits_for_a_just_started_heads_job_agent(monkeypatch):
     answers[:] = [RuntimeError("401 Unauthorized")]
     with pytest.raises(RuntimeError, match="Unauthorized"):  # other refusals are not retried
         jobs.submit_when_ready(Client(), entrypoint="x")
+
+
+@pytest.mark.parametrize("with_git", [True, False])
+def test_the_upload_holds_what_git_would_track_and_never_key_files(tmp_path, with_git):
+    work = tmp_path / "project"
+    for rel, text in [("train.py", "x"), ("pkg/mod.py", "y"), (".env", "TOKEN=1"), (".ssh/id_rsa", "KEY"),
+                      ("certs/server.pem", "KEY"), ("secret/notes.txt", "s"), ("data/train.jsonl", '{"prompt": "1+1", "answer": "2"}\n')]:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(text)
+    (work / ".gitignore").write_text("secret/\ndata/\n")
+    if with_git:
+        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+        subprocess.run(["git", "add", "train.py", ".gitignore"], cwd=work, check=True)  # pkg/ untracked, not ignored
+    staging = tmp_path / "staging"
+    total, count = copy_tree(str(work), str(staging), [".gitignore"])
+    staged = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    expect = ["pkg/mod.py", "train.py"] + ([] if with_git else ["data/train.jsonl", "secret/notes.txt"])
+    assert staged == sorted(expect) and count == len(expect) and total == sum((work / p).stat().st_size for p in expect)
+    # a file the recipe names is shipped even when git ignores it
+    cfg = load_config(["recipe=quickstart", f"data.train={work / 'data' / 'train.jsonl'}"])
+    stage_config(cfg, Stager(str(work), str(staging)))
+    assert (staging / cfg.data.train).read_text() == '{"prompt": "1+1", "answer": "2"}\n'
