@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 from rlreason.config.schema import ClusterConfig, RunConfig
@@ -29,6 +30,8 @@ STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 def start_ray(cfg: ClusterConfig) -> int:
     """Start or attach to Ray; returns the CPUs available to this run."""
+    if not cfg.address:
+        loopback_only()
     import ray
 
     # Workers inherit the driver's environment; keep tokenizers single-threaded inside actors
@@ -46,6 +49,20 @@ def start_ray(cfg: ClusterConfig) -> int:
             ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=cfg.dashboard,
                      dashboard_host=cfg.dashboard_host, log_to_driver=cfg.log_to_driver)
     return int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+
+
+def loopback_only() -> None:
+    """A local cluster listens on 127.0.0.1 only: its node IP becomes the loopback address.
+
+    Otherwise Ray binds the GCS, the raylet, every actor's gRPC port and the dashboard agent on all
+    interfaces, and its metrics ports on 0.0.0.0. Ray's switch for this is the flag it reads at import
+    (single-host mode, its default on macOS and Windows); if Ray was imported already, its value is set
+    where Ray reads it at start.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def threads_per_actor(requested: int, cpus: int, actors: int) -> int:

@@ -167,3 +167,76 @@ def test_a_run_whose_rewards_score_nothing_stops_and_says_why(tmp_path):
     assert out.stdout.count("no response got a reward score") == 2
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]  # the step that stops the run is not logged as trained
+
+
+LISTENERS_REWARD = '''
+import json, os
+
+def _listening():
+    """(address, port, inode) of every listening TCP socket, from /proc/net/tcp and tcp6."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        with open(f"/proc/net/{name}") as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                if cols[3] != "0A":  # LISTEN
+                    continue
+                addr, port = cols[1].split(":")
+                raw = bytes.fromhex(addr)
+                if name == "tcp":
+                    host = ".".join(str(b) for b in raw[::-1])
+                else:  # four little-endian 32-bit words
+                    flat = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    text = flat.hex()
+                    if text.startswith("00000000000000000000ffff"):
+                        host = "::ffff:" + ".".join(str(b) for b in flat[12:])
+                    else:
+                        host = {"0" * 31 + "1": "::1", "0" * 32: "::"}.get(text, text)
+                out.append((host, int(port, 16), cols[9]))
+    return out
+
+def record(*, marker, out, **kw):
+    """Score 1; on the first call, write the listening sockets of every process started with ``marker``."""
+    if os.path.exists(out):
+        return 1.0
+    owners = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    owners[link[8:-1]] = pid
+        except OSError:
+            continue
+    rows = [(h, p, owners[i], open(f"/proc/{owners[i]}/cmdline").read().replace("\\0", " ")[:80])
+            for h, p, i in _listening() if i in owners]
+    with open(out, "w") as f:
+        json.dump(rows, f)
+    return 1.0
+'''
+
+
+@pytest.mark.slow
+def test_a_local_run_listens_on_loopback_only(tmp_path):
+    marker = f"RLREASON_SOCKET_TEST={tmp_path.name}"
+    reward, found = tmp_path / "listeners.py", tmp_path / "listeners.json"
+    reward.write_text(LISTENERS_REWARD)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", marker.split("=")[0]: marker.split("=")[1]}
+    out = subprocess.run([sys.executable, "-m", "rlreason", "train", "recipe=quickstart", "trainer.total_steps=1",
+                          "trainer.sft.steps=1", "data.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8",
+                          f"reward.functions=[{{name: '{reward}:record', kwargs: {{marker: '{marker}', out: '{found}'}}}}]",
+                          f"trainer.output_dir={run}", "trainer.progress=false"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(found.read_text())
+    assert len({row[2] for row in rows}) >= 4, rows  # driver, GCS, raylet, actors: the run was up
+    exposed = [r for r in rows if r[0] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    # Known and left: torch's TCPStore, DeepSpeed's rendezvous on learner rank 0's MASTER_PORT, binds every
+    # interface (torch offers no bind address). Everything of Ray's must be on loopback.
+    rendezvous = [r for r in exposed if "LearnerWorker" in r[3]]
+    assert len(rendezvous) <= 1 and not [r for r in exposed if r not in rendezvous], \
+        f"listening beyond loopback: {exposed}"
