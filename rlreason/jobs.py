@@ -80,10 +80,32 @@ def job_client(address: Optional[str]):
     url = job_address(address)
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    warning = plaintext_token_warning(url, token)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         return JobSubmissionClient(url, headers=headers)
     except Exception as e:  # noqa: BLE001 - every failure here means "cannot talk to the job server"
         raise JobError(explain(e, url)) from None
+
+
+def plaintext_token_warning(url: str, token: Optional[str]) -> Optional[str]:
+    """What to say when the token would cross a network unencrypted: plain http to a host that is not this one."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if not token or parsed.scheme == "https":
+        return None
+    host = parsed.hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        local = False
+    if local:
+        return None
+    return (f"the cluster token goes to {url} over plain http, readable on the network: use an https address "
+            "(a TLS proxy in front of the dashboard) or an SSH tunnel to 127.0.0.1")
 
 
 def explain(e: Exception, url: str) -> str:

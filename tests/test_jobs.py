@@ -217,3 +217,13 @@ def test_the_upload_holds_what_git_would_track_and_never_key_files(tmp_path, wit
     cfg = load_config(["recipe=quickstart", f"data.train={work / 'data' / 'train.jsonl'}"])
     stage_config(cfg, Stager(str(work), str(staging)))
     assert (staging / cfg.data.train).read_text() == '{"prompt": "1+1", "answer": "2"}\n'
+
+
+def test_a_token_over_plain_http_to_another_host_is_warned_about():
+    from rlreason.jobs import plaintext_token_warning
+
+    assert "plain http" in plaintext_token_warning("http://10.1.2.3:8265", "tok")
+    assert "plain http" in plaintext_token_warning("head.example:8265", "tok")
+    for quiet in [("http://127.0.0.1:8265", "tok"), ("http://localhost:8265", "tok"), ("http://[::1]:8265", "tok"),
+                  ("https://head.example", "tok"), ("http://10.1.2.3:8265", None)]:
+        assert plaintext_token_warning(*quiet) is None, quiet
