@@ -187,6 +187,9 @@ class RewardConfig:
     """A call that raised, timed out or crashed its process is reported, then scored 0 ("zero"),
     treated as not applicable ("skip": left out of the group statistics, advantage 0), or its
     prompt's whole group is dropped before advantages ("drop_group", counted in reward/dropped_groups)."""
+    max_memory_mb: int = 4096
+    """Memory limit of each reward process (its data segment); a call that allocates past it fails
+    with an out-of-memory error, reported like any failed call. 0 = no limit."""
     max_unscored_steps: int = 3
     """Stop the run after this many steps in a row in which no response got a score (every function
     returned None or failed): it would train on nothing. 0 = never stop."""

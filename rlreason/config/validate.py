@@ -182,6 +182,8 @@ def _check_rewards(cfg: RunConfig) -> None:
                      f"{where}.when.{column}={wanted!r}: give a value or a list of values to route rows by")
         _require(spec.timeout_s is None or spec.timeout_s > 0, f"{where}.timeout_s must be > 0 or null")
     _require(cfg.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {cfg.reward.timeout_s}")
+    _require(cfg.reward.max_memory_mb == 0 or cfg.reward.max_memory_mb >= 256,
+             f"reward.max_memory_mb must be 0 (no limit) or >= 256, got {cfg.reward.max_memory_mb}")
     _require(cfg.reward.max_unscored_steps >= 0,
              f"reward.max_unscored_steps must be >= 0 (0 = never stop), got {cfg.reward.max_unscored_steps}")
     _require(cfg.reward.on_error in ("zero", "skip", "drop_group"),

@@ -156,7 +156,8 @@ class RewardWorker:
         self.on_error = cfg.on_error
         self.answer_key = answer_key
         self.pool = RewardPool(num_processes=cfg.processes, timeout_s=cfg.timeout_s,
-                               extra_processes=cfg.extra_processes, sources=sources)
+                               extra_processes=cfg.extra_processes, sources=sources,
+                               max_memory_mb=cfg.max_memory_mb)
         self._scorers: dict[str, Callable] = {}
 
     def ready(self) -> bool:

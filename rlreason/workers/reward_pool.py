@@ -74,6 +74,11 @@ def _worker_main(conn, setup: dict) -> None:
     # If the pool's process is SIGKILLed (e.g. its Ray actor is killed) while we run a hung call, nobody
     # would ever kill us: exit when we are orphaned (our parent — the pool or its forkserver — is gone).
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    limit_mb = setup.get("max_memory_mb") or 0
+    if limit_mb:  # a reward that allocates past it fails with MemoryError instead of taking the machine's memory
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (limit_mb * 2**20, limit_mb * 2**20))
     from rlreason.rewards.base import resolve  # slow (sympy) under spawn: done before reporting ready
 
     fns: dict[str, Any] = {}
@@ -102,6 +107,8 @@ def _worker_main(conn, setup: dict) -> None:
         except BaseException as e:  # noqa: BLE001
             timeout = isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutException"
             text = f"{where(spec, sample_id)}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+            if limit_mb and (isinstance(e, MemoryError) or "can't allocate memory" in str(e)):
+                text = f"{where(spec, sample_id)}: out of memory: over reward.max_memory_mb={limit_mb} MB\n{text}"
             reply = ("timeout" if timeout else "error", text)
         try:
             conn.send(reply)
@@ -163,7 +170,8 @@ class RewardPool:
     """``num_processes`` reward worker processes; ``run`` scores calls in parallel, in order."""
 
     def __init__(self, num_processes: int = 2, timeout_s: float = 10.0, load_timeout_s: float = 120.0,
-                 extra_processes: int = 32, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.2):
+                 extra_processes: int = 32, sources: Optional[dict[str, str]] = None, min_stall_s: float = 0.2,
+                 max_memory_mb: int = 0):
         if num_processes < 1 or timeout_s <= 0 or extra_processes < 0:
             raise ValueError("RewardPool needs num_processes >= 1, timeout_s > 0 and extra_processes >= 0")
         self.num_processes, self.extra_processes = num_processes, extra_processes
@@ -171,13 +179,15 @@ class RewardPool:
         self.load_timeout_s = load_timeout_s  # process start-up and first import / warm-up of a reward
         self.min_stall_s = min_stall_s
         self.sources = dict(sources or {})
+        self.max_memory_mb = max_memory_mb  # data-segment limit of each worker process (0 = none)
         self._typical: dict[str, float] = {}  # fn -> running mean of successful call durations
         self._ctx = _context()
         self._slots = [self._start() for _ in range(num_processes)]
 
     def _start(self) -> _Slot:
         parent, child = self._ctx.Pipe(duplex=True)
-        setup = {"sys_path": list(sys.path), "cwd": os.getcwd(), "env": dict(os.environ), "sources": self.sources}
+        setup = {"sys_path": list(sys.path), "cwd": os.getcwd(), "env": dict(os.environ), "sources": self.sources,
+                 "max_memory_mb": self.max_memory_mb}
         proc = self._ctx.Process(target=_worker_main, args=(child, setup), daemon=True, name="rlreason-reward")
         proc.start()
         child.close()  # only the worker holds it now, so its death shows as EOF here

@@ -51,6 +51,10 @@ def sometimes_hangs(*, hang=False, **_):
 def batched(*, response, **_):
     return [1.0, {"score": 3.0, "n": len(response)}, None]
 
+def hog(*, mb, **_):
+    block = bytearray(mb * 2**20)  # zero-filled: really allocated
+    return float(len(block) > 0)
+
 async def async_reward(*, response, **_):
     await asyncio.sleep(0.01)
     return {"score": float(len(response)), "async": True}
@@ -242,3 +246,14 @@ def test_per_call_timeout_and_batched_values(pool, user_dir, tmp_path):
     hung, batched = pool.run(calls)
     assert hung.timed_out and "hang on samples [1, 2]: timeout after 0.5s" in hung.error
     assert batched.value == [1.0, {"score": 3.0, "n": 2.0}, None] and batched.error is None
+
+
+def test_a_reward_over_the_memory_limit_fails_like_a_bad_call_and_the_pool_goes_on(user_dir):
+    with RewardPool(num_processes=1, timeout_s=20.0, max_memory_mb=512) as pool:
+        outcomes = pool.run([RewardCall(fn(user_dir, "hog"), {"mb": 2048}, 0),
+                             RewardCall(fn(user_dir, "hog"), {"mb": 16}, 1)])
+        assert outcomes[0].value is None and not outcomes[0].timed_out
+        assert "on sample 0: out of memory: over reward.max_memory_mb=512 MB" in outcomes[0].error
+        assert outcomes[1].value == 1.0 and outcomes[1].error is None
+    with RewardPool(num_processes=1, timeout_s=20.0) as unlimited:  # 0: no limit
+        assert unlimited.run([RewardCall(fn(user_dir, "hog"), {"mb": 600}, 0)])[0].value == 1.0
