@@ -24,7 +24,7 @@ import torch
 
 from rlreason import batches
 from rlreason.config import RunConfig, to_yaml
-from rlreason.data.dataset import check_columns, encode_prompt, format_prompt, resolve_data
+from rlreason.data.dataset import check_columns, encode_prompts, format_prompt, resolve_data, truncation_note
 from rlreason.data.sampler import PromptSampler, build_sampler
 from rlreason.models import load_tokenizer, resolve_model_path
 from rlreason.rollout.spec.stats import rollout_curve_metrics, spec_metrics
@@ -63,7 +63,11 @@ class Trainer:
             self.model_path = resolve_model_path(cfg.model, self.run_dir, cfg.trainer.seed)
             self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_path, cfg.model.trust_remote_code)
             self.prompts = [format_prompt(r, cfg.data, self.tokenizer) for r in self.train_set.rows]
-            self.prompt_ids = [encode_prompt(p, cfg.data, self.tokenizer) for p in self.prompts]
+            encoded = encode_prompts(self.prompts, cfg.data, self.tokenizer)
+            self.prompt_ids, self.shown_prompts = encoded.ids, encoded.shown
+            note = truncation_note(encoded, cfg.data)
+            if note:
+                self.log.message(note)
             s = cfg.sampling
             self.sampler = build_sampler(s.sampler, SamplerContext(len(self.prompts), cfg.data.prompts_per_step,
                                                                    cfg.rollout.n, cfg.trainer.seed, cfg.data.shuffle),
@@ -98,7 +102,7 @@ class Trainer:
         cfg, t = self.cfg, PhaseTimer()
         groups = self.collect(step, t)
         rollout, rewards = groups.rollout, groups.rewards
-        prompts, rows = [self.prompts[u] for u in groups.uids], [self.train_set.rows[u] for u in groups.uids]
+        rows = [self.train_set.rows[u] for u in groups.uids]
         if len(groups):
             self.check_scored(step, rewards)
         if len(groups) == 0:  # reward errors or dynamic sampling left no group: nothing to learn this step
@@ -128,7 +132,8 @@ class Trainer:
             metrics = batches.step_metrics(rollout, rewards, lps, batch, stats)
             metrics.update({**rollout_curve_metrics(rollout.batch_sizes), **spec_metrics(rollout.stats),
                             **drafter_metrics})
-            self.log.log_samples(batches.sample_rows(step, prompts, rollout, rewards, rows, cfg.data.answer_key,
+            shown = [self.shown_prompts[u] for u in groups.uids]
+            self.log.log_samples(batches.sample_rows(step, shown, rollout, rewards, rows, cfg.data.answer_key,
                                                      cfg.trainer.samples_per_step))
             self.log.log_reward_errors(step, rewards.errors)
             for err in rewards.errors[:3]:

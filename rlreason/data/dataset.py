@@ -157,6 +157,35 @@ def encode_prompt(text: str, cfg: DataConfig, tokenizer) -> list[int]:
     return ids[-cfg.max_prompt_length:]
 
 
+@dataclass
+class EncodedPrompts:
+    ids: list[list[int]]  # token ids of each prompt, left-truncated to data.max_prompt_length
+    shown: list[str]  # each prompt as the model sees it (for samples.jsonl): truncated ones start with "…"
+    truncated: int  # how many were cut
+    longest: int  # tokens in the longest prompt before cutting
+
+
+def encode_prompts(texts: list[str], cfg: DataConfig, tokenizer) -> EncodedPrompts:
+    """Encode every prompt, counting those cut to ``data.max_prompt_length`` (kept: their last tokens)."""
+    out = EncodedPrompts([], [], 0, 0)
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=not cfg.chat_template)
+        out.longest = max(out.longest, len(ids))
+        cut = len(ids) > cfg.max_prompt_length
+        out.ids.append(ids[-cfg.max_prompt_length:])
+        out.truncated += cut
+        out.shown.append("…" + tokenizer.decode(out.ids[-1]) if cut else text)
+    return out
+
+
+def truncation_note(enc: EncodedPrompts, cfg: DataConfig) -> Optional[str]:
+    if not enc.truncated:
+        return None
+    return (f"{enc.truncated} of {len(enc.ids)} prompts are longer than data.max_prompt_length="
+            f"{cfg.max_prompt_length} tokens (the longest: {enc.longest}) and were left-truncated to their last "
+            f"{cfg.max_prompt_length}; samples.jsonl shows them as the model sees them")
+
+
 def resolve_data(cfg: DataConfig, run_dir: str, seed: int) -> tuple[PromptSet, Optional[PromptSet]]:
     """Train and optional validation rows, generating them first for procedural tasks."""
     train, val = cfg.train, cfg.val

@@ -129,3 +129,20 @@ def test_bad_files_name_the_file_and_the_line(tmp_path, name, content, expect):
     (directory / name).write_bytes(content)
     with pytest.raises(DataError, match=expect.split(" ")[0].replace(".", r"\.")):
         load_rows(str(directory))
+
+
+def test_long_prompts_are_counted_and_shown_as_the_model_sees_them(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from rlreason.data.dataset import encode_prompts, truncation_note
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = DataConfig(max_prompt_length=16)
+    long = "1+" * 50_000 + "1 ="  # a 100k-character prompt
+    enc = encode_prompts(["2+2 =", long, "3+4 ="], cfg, tok)
+    assert [len(i) for i in enc.ids] == [len(tok.encode("2+2 =")), 16, len(tok.encode("3+4 ="))]
+    assert enc.ids[1] == tok.encode(long)[-16:] and enc.truncated == 1 and enc.longest == len(tok.encode(long))
+    assert enc.shown[0] == "2+2 =" and enc.shown[1] == "…" + tok.decode(enc.ids[1]) and len(enc.shown[1]) < 40
+    note = truncation_note(enc, cfg)
+    assert note.startswith("1 of 3 prompts are longer than data.max_prompt_length=16 tokens")
+    assert truncation_note(encode_prompts(["2+2 ="], cfg, tok), cfg) is None
