@@ -67,7 +67,8 @@ from rlreason.tracking import _clean
 MANIFEST = "manifest.json"
 STATE_FILE = "state.pt"
 LATEST = "latest"
-LOG_FILES = ("metrics.jsonl", "samples.jsonl")  # restored on resume (rows up to the checkpoint's step)
+# restored on resume: rows up to the checkpoint's step (warm-up rows have no step: all are kept)
+LOG_FILES = ("metrics.jsonl", "samples.jsonl", "reward_errors.jsonl", "warmup.jsonl")
 WALL_CLOCK_KEYS = ("time/", "rollout/tokens_per_s", "spec/time/")  # prefixes of metrics that measure time, not training
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -198,11 +199,30 @@ class Checkpointer:
         if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.root):
             # resuming an earlier checkpoint of this run: later ones belong to the abandoned future
             _replace_file(os.path.join(self.root, LATEST), os.path.basename(os.path.abspath(path)) + "\n")
+        step = int(state["__step__"])
         for name in LOG_FILES:
-            src = os.path.join(path, name)
+            src, dst = os.path.join(path, name), os.path.join(self.run_dir, name)
             if os.path.isfile(src):
-                shutil.copyfile(src, os.path.join(self.run_dir, name))
-        return int(state["__step__"])
+                shutil.copyfile(src, dst)
+            elif os.path.isfile(dst):  # a checkpoint without this log: drop the rows of the rolled-back steps
+                kept = [r for r in _read_rows(dst) if r.get("step", 0) <= step]
+                _replace_file(dst, "".join(json.dumps(r) + "\n" for r in kept))
+        return step
+
+
+def set_aside_logs(run_dir: str) -> Optional[str]:
+    """A run starting at step 1 in a directory with logs of an earlier attempt: move those logs into
+    ``abandoned-<time>/`` (nothing is deleted), so the new logs hold each step once. Returns that dir."""
+    found = [n for n in LOG_FILES if os.path.isfile(os.path.join(run_dir, n))]
+    if not found:
+        return None
+    import time
+
+    aside = os.path.join(run_dir, f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(aside, exist_ok=True)
+    for name in found:
+        os.rename(os.path.join(run_dir, name), os.path.join(aside, name))
+    return aside
 
 
 # ---- finding checkpoints ------------------------------------------------------------------------

@@ -290,12 +290,15 @@ class Trainer:
 
     def resume(self) -> int:
         """The first step to run: 1, or the step after the checkpoint ``trainer.resume`` names."""
-        from rlreason.checkpoint import resume_path
+        from rlreason.checkpoint import resume_path, set_aside_logs
 
         path = resume_path(self.cfg.trainer.resume, self.run_dir, self.log.message)
         if path is None:
             if self.cfg.trainer.resume:
                 self.log.message("trainer.resume=auto: no checkpoint in this run dir yet; starting at step 1")
+            aside = set_aside_logs(self.run_dir)
+            if aside:
+                self.log.message(f"the logs of an earlier attempt in this run dir are now in {aside}")
             return 1
         step = self.checkpointer.load(path, self.log.message)
         self.sync_weights(version=step)  # rollout workers start from the restored policy

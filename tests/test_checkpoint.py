@@ -188,3 +188,38 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     # the next save clears the leftover
     Checkpointer(str(tmp_path)).save(3)
     assert not any(n.startswith(".tmp-") for n in os.listdir(root))
+
+
+def test_resume_leaves_each_step_once_in_every_log(tmp_path):
+    from rlreason.checkpoint import set_aside_logs
+
+    def write(name, rows):
+        with open(tmp_path / name, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def steps(name):
+        return [json.loads(line).get("step") for line in open(tmp_path / name)]
+
+    ck, _, _ = make(tmp_path)
+    write("warmup.jsonl", [{"sft_step": 1, "loss": 2.0}, {"sft_step": 2, "loss": 1.0}])
+    write("reward_errors.jsonl", [{"step": 1, "error": "a"}, {"step": 2, "error": "b"}])
+    write_metrics(tmp_path, [1, 2])
+    path = ck.save(2)
+    write("reward_errors.jsonl", [{"step": s, "error": "x"} for s in (1, 2, 3, 4)])  # steps 3-4, then a crash
+    write_metrics(tmp_path, [1, 2, 3, 4])
+    assert make(tmp_path)[0].load(path) == 2
+    assert steps("metrics.jsonl") == [1, 2] and steps("reward_errors.jsonl") == [1, 2]
+    assert len(steps("warmup.jsonl")) == 2
+    # a checkpoint written before reward_errors.jsonl was kept: the rows of rolled-back steps are still dropped
+    from rlreason.checkpoint import _write_manifest
+
+    os.remove(os.path.join(path, "reward_errors.jsonl"))
+    os.remove(os.path.join(path, "manifest.json"))  # re-sealed as an older save would have been
+    _write_manifest(path, 2)
+    write("reward_errors.jsonl", [{"step": s, "error": "x"} for s in (1, 2, 3)])
+    make(tmp_path)[0].load(path)
+    assert steps("reward_errors.jsonl") == [1, 2]
+    # starting again at step 1 (resume=auto before any checkpoint): the earlier attempt's logs move aside
+    aside = set_aside_logs(str(tmp_path))
+    assert sorted(os.listdir(aside)) == ["metrics.jsonl", "reward_errors.jsonl", "samples.jsonl", "warmup.jsonl"]
+    assert not (tmp_path / "metrics.jsonl").exists() and set_aside_logs(str(tmp_path)) is None
