@@ -181,7 +181,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} cannot be loaded: {problem}")
         import torch
 
-        state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
+        state = load_small_state(os.path.join(path, STATE_FILE))
         for name, (obj, optional) in self._components.items():
             has_dir = os.path.isdir(os.path.join(path, name))
             if name not in state and not has_dir:
@@ -223,6 +223,25 @@ def set_aside_logs(run_dir: str) -> Optional[str]:
     for name in found:
         os.rename(os.path.join(run_dir, name), os.path.join(aside, name))
     return aside
+
+
+def load_small_state(path: str) -> dict:
+    """state.pt with ``weights_only=True``: tensors and plain values only, so a checkpoint from elsewhere
+    cannot run code here. One that holds more (written by an older rlreason) loads only when the
+    user says it is trusted, with RLREASON_TRUST_CHECKPOINTS=1."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if os.environ.get("RLREASON_TRUST_CHECKPOINTS") == "1":
+            return torch.load(path, map_location="cpu", weights_only=False)
+        first = str(e).strip().splitlines()[-1][:300]
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values ({first}); loading it "
+                              "could run code from the file. If you trust where it came from, set "
+                              "RLREASON_TRUST_CHECKPOINTS=1") from None
 
 
 # ---- finding checkpoints ------------------------------------------------------------------------
@@ -312,8 +331,10 @@ def capture_rng() -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if "numpy" in sys.modules:
-        out["numpy"] = sys.modules["numpy"].random.get_state()
+    if "numpy" in sys.modules:  # as a tensor and plain values, so state.pt loads with weights_only=True
+        name, keys, pos, has_gauss, cached = sys.modules["numpy"].random.get_state()
+        out["numpy"] = {"name": name, "keys": torch.from_numpy(keys.copy()), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -327,7 +348,11 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "numpy" in state:
         import numpy
 
-        numpy.random.set_state(state["numpy"])
+        np_state = state["numpy"]
+        if isinstance(np_state, dict):
+            np_state = (np_state["name"], np_state["keys"].numpy(), np_state["pos"], np_state["has_gauss"],
+                        np_state["cached_gaussian"])
+        numpy.random.set_state(np_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

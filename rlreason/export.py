@@ -76,7 +76,9 @@ def learner_weights(ckpt: str) -> dict[str, torch.Tensor]:
         state = get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag=DEEPSPEED_TAG)
     else:
         path = os.path.join(ds_dir, DEEPSPEED_TAG, "mp_rank_00_model_states.pt")
-        state = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        from rlreason.checkpoint import load_small_state
+
+        state = load_small_state(path)["module"]
     return {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
 
 

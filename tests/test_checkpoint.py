@@ -223,3 +223,24 @@ def test_resume_leaves_each_step_once_in_every_log(tmp_path):
     aside = set_aside_logs(str(tmp_path))
     assert sorted(os.listdir(aside)) == ["metrics.jsonl", "reward_errors.jsonl", "samples.jsonl", "warmup.jsonl"]
     assert not (tmp_path / "metrics.jsonl").exists() and set_aside_logs(str(tmp_path)) is None
+
+
+def test_state_pt_loads_weights_only_and_an_unsafe_one_needs_trust(tmp_path, monkeypatch):
+    import numpy
+
+    from rlreason.checkpoint import load_small_state
+
+    ck, counter, _ = make(tmp_path)
+    numpy.random.seed(3)
+    path = ck.save(1)
+    expected = numpy.random.rand(3)
+    state = torch.load(os.path.join(path, "state.pt"), weights_only=True)  # no pickled code objects inside
+    assert isinstance(state["__rng__"]["numpy"]["keys"], torch.Tensor)
+    make(tmp_path)[0].load(path)
+    assert numpy.array_equal(numpy.random.rand(3), expected)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"obj": Counter()}, unsafe)  # a pickled class instance: would run code on load
+    with pytest.raises(CheckpointError, match="RLREASON_TRUST_CHECKPOINTS=1"):
+        load_small_state(str(unsafe))
+    monkeypatch.setenv("RLREASON_TRUST_CHECKPOINTS", "1")
+    assert isinstance(load_small_state(str(unsafe))["obj"], Counter)
