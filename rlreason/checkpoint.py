@@ -54,6 +54,7 @@ Not here: asynchronous saving, and uploading checkpoints to object storage.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -114,11 +115,25 @@ class Checkpointer:
 
     def save(self, step: int, pending_row: Optional[dict[str, Any]] = None) -> str:
         """Write checkpoint ``step_<step>`` atomically; ``pending_row`` is this step's metrics row,
-        not yet in metrics.jsonl. Returns the checkpoint's directory."""
+        not yet in metrics.jsonl. Returns the checkpoint's directory. A full disk is said as such,
+        and leaves no partial directory behind."""
         os.makedirs(self.root, exist_ok=True)
         self._remove_stale_tmp()
-        final = os.path.join(self.root, f"step_{step}")
         tmp = os.path.join(self.root, f".tmp-step_{step}-{os.getpid()}")
+        try:
+            return self._save(step, tmp, pending_row)
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            free_mb = shutil.disk_usage(self.root).free / 2**20
+            if getattr(e, "errno", None) == errno.ENOSPC or "unexpected pos" in str(e) or free_mb < 1:
+                raise CheckpointError(f"the disk holding {self.root} is full ({free_mb:.0f} MB free) while writing "
+                                      f"checkpoint step_{step}; nothing partial was kept, the previous checkpoint "
+                                      "stands. Free space (or keep fewer: trainer.keep_checkpoints) and resume with "
+                                      "trainer.resume=auto") from None
+            raise
+
+    def _save(self, step: int, tmp: str, pending_row: Optional[dict[str, Any]]) -> str:
+        final = os.path.join(self.root, f"step_{step}")
         os.makedirs(tmp)
         import torch
 
@@ -378,8 +393,13 @@ def _write_manifest(tmp: str, step: int) -> None:
 def _replace_file(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a reader sees the old or the new file, never half)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):  # e.g. the disk filled up mid-write: leave no latest.tmp-* behind
+            os.remove(tmp)
+        raise
