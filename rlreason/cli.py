@@ -90,14 +90,24 @@ def cmd_train(args: list[str]) -> int:
         return 0
     cfg = _config(args)
     run_dir = default_run_dir(cfg.recipe, cfg.trainer.output_dir)
+    again = [a for a in args if not a.startswith(("trainer.output_dir=", "trainer.resume="))]
+    resume = (f"The run is in {run_dir}; continue it from its last checkpoint with:\n"
+              f"  rlreason train {' '.join(again)} trainer.output_dir={run_dir} trainer.resume=auto")
     try:
         print(f"run finished: {train(cfg, run_dir)}")
     except KeyboardInterrupt:
         stop_ray()  # the local cluster's processes go with it
-        again = [a for a in args if not a.startswith(("trainer.output_dir=", "trainer.resume="))]
-        print(f"\nrlreason train: interrupted. The run is in {run_dir}; continue it from its last checkpoint with:\n"
-              f"  rlreason train {' '.join(again)} trainer.output_dir={run_dir} trainer.resume=auto", file=sys.stderr)
+        print(f"\nrlreason train: interrupted. {resume}", file=sys.stderr)
         return 130
+    except Exception as e:
+        from rlreason.faults import dead_actor
+
+        died = dead_actor(e)
+        if died is None:
+            raise
+        stop_ray()
+        print(f"rlreason train: {died}. {resume}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -111,6 +111,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
+def dead_actor(exc: BaseException) -> Optional[str]:
+    """'a LearnerWorker actor died in phase update (...)' for an actor death Ray reports, else None.
+
+    Rollout and reward actors are restarted (Supervisor); a learner rank that dies ends the run here.
+    """
+    import re
+
+    ray = _ray()
+    if not isinstance(exc, ray.exceptions.RayActorError) or is_out_of_memory(exc):
+        return None
+    text = str(exc)
+    name = re.search(r"class_name:\s*(\w+)", text)
+    phase = getattr(exc, "rlreason_phase", None)
+    cause = next((line.strip() for line in text.splitlines() if "died" in line.lower() or "exit" in line.lower()),
+                 text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    return (f"a {name.group(1) if name else 'worker'} actor died" + (f" in phase '{phase}'" if phase else "") +
+            f" ({cause[:300]})")
+
+
 def explain_failure(exc: BaseException) -> Optional[str]:
     """A one-paragraph explanation for errors we recognise (out of memory), else None."""
     if not is_out_of_memory(exc):

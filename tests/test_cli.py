@@ -254,3 +254,50 @@ def test_a_read_only_output_dir_fails_in_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.strip() == (f"rlreason train: config error: trainer.output_dir={mount / 'run'}: cannot write "
                                   "there (Read-only file system); give a directory you can write to")
+
+
+@pytest.mark.slow
+def test_a_dead_learner_ends_the_run_with_what_died_and_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["train", "recipe=quickstart", "trainer.sft.steps=5000", "data.prompts_per_step=2", "rollout.n=2",
+            f"trainer.output_dir={run}", "trainer.progress=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "rlreason", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (run / "warmup.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    learners = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith("ray::LearnerWorker")
+                and os.getsid(int(p)) != os.getsid(0) and _child_of_session(p, proc.pid)]
+    assert learners, "no learner process found"
+    os.kill(int(learners[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "rlreason train: a LearnerWorker actor died (" in err
+    assert f"trainer.output_dir={run} trainer.resume=auto" in err
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def _child_of_session(pid: str, sid: int) -> bool:
+    """Whether ``pid`` descends from a process of session ``sid`` (Ray workers start their own sessions)."""
+    seen = 0
+    while pid not in ("0", "1") and seen < 50:
+        try:
+            if os.getsid(int(pid)) == sid:
+                return True
+            with open(f"/proc/{pid}/stat") as f:
+                pid = f.read().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            return False
+        seen += 1
+    return False
