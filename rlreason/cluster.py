@@ -32,6 +32,8 @@ def start_ray(cfg: ClusterConfig) -> int:
     """Start or attach to Ray; returns the CPUs available to this run."""
     if not cfg.address:
         loopback_only()
+    else:
+        probe_address(cfg.address)
     import ray
 
     # Workers inherit the driver's environment; keep tokenizers single-threaded inside actors
@@ -48,7 +50,43 @@ def start_ray(cfg: ClusterConfig) -> int:
             # address="local": never attach to a stale cluster left by an earlier run.
             ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=cfg.dashboard,
                      dashboard_host=cfg.dashboard_host, log_to_driver=cfg.log_to_driver)
+    check_actor_cpus(cfg)
     return int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the address, when nothing answers there (Ray itself would wait minutes)."""
+    import socket
+
+    from rlreason.config import ConfigError
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"cluster.address={address!r}: give host:port (the head's GCS, port 6379 by default), "
+                          "ray://host:port (Ray Client, 10001), or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cluster.address={address}: nothing answers at {host}:{port} ({e.strerror or e}); "
+                          "start the head there (`ray start --head`), or leave cluster.address unset to run on a "
+                          "local cluster") from None
+
+
+def check_actor_cpus(cfg: ClusterConfig) -> None:
+    """Floating actors (cluster.placement=none) each reserve actor_cpus: more than any node has never starts."""
+    import ray
+
+    from rlreason.config import ConfigError
+
+    if cfg.placement != "none":
+        return  # slots are checked, with a timeout, where the placement group is made
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if cfg.actor_cpus > largest:
+        raise ConfigError(f"cluster.actor_cpus={cfg.actor_cpus:g} is more than any node of the cluster has "
+                          f"({largest:g} CPUs): no actor could ever start. Lower it")
 
 
 def loopback_only() -> None:

@@ -301,3 +301,23 @@ def _child_of_session(pid: str, sid: int) -> bool:
             return False
         seen += 1
     return False
+
+
+def test_a_dead_cluster_address_fails_at_once_naming_it(tmp_path):
+    import time
+
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        start = time.time()
+        out = rlreason("train", "recipe=quickstart", f"cluster.address={address}", f"trainer.output_dir={tmp_path / 'r'}",
+                       timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"cluster.address={address}: nothing answers at 127.0.0.1:1" in out.stderr
+        assert time.time() - start < 60
+
+
+@pytest.mark.slow
+def test_actor_cpus_no_node_has_fail_at_once(tmp_path):
+    out = rlreason("train", "recipe=quickstart", "cluster.actor_cpus=100", f"trainer.output_dir={tmp_path / 'r'}",
+                   timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "cluster.actor_cpus=100 is more than any node of the cluster has" in out.stderr
