@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 from dataclasses import replace
 
 import torch
@@ -137,8 +138,11 @@ class RewardGroup:
 class LearnerGroup:
     def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None):
         from rlreason.cluster import Placement, master_address
+        from rlreason.workers.extensions import prepare_extensions_dir
         from rlreason.workers.learner import LearnerWorker
 
+        for note in prepare_extensions_dir():  # this machine's; each learner checks its own node too
+            print(f"rlreason: {note}", file=sys.stderr, flush=True)
         world = cfg.learner.world_size
         placement = placement or Placement(cfg)
         master = master_address(placement)  # on rank 0's node when the learners have slots

@@ -25,6 +25,7 @@ from rlreason.algorithms.kl import KL_ESTIMATORS
 from rlreason.config.schema import RunConfig
 from rlreason.kernels.lm_head import model_logprobs_entropy
 from rlreason.models import load_model
+from rlreason.workers.extensions import prepare_extensions_dir
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
 
@@ -69,6 +70,8 @@ class LearnerWorker:
                           LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         torch.set_num_threads(max(threads, 1))
         torch.manual_seed(cfg.trainer.seed)
+        for note in prepare_extensions_dir():  # before DeepSpeed builds its ops (rlreason.workers.extensions)
+            print(f"rlreason learner {rank}: {note}", flush=True)
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
