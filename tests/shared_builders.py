@@ -1,6 +1,8 @@
 """Builders more than one test directory uses (tests/ is on sys.path through its conftest.py)."""
 
+import contextlib
 import os
+import subprocess
 
 import torch
 
@@ -48,3 +50,17 @@ def teacher_forced_logprobs(model, out, temperature: float) -> torch.Tensor:
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     P = out.prompt_ids.shape[1]
     return token_logprobs_entropy(logits[:, P - 1:-1], ids[:, P:], temperature)[0]
+
+
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    """A tmpfs mounted at ``path`` (created) with mount ``options`` for the block; skips the test without root."""
+    import pytest
+
+    path.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)

@@ -247,13 +247,9 @@ def test_state_pt_loads_weights_only_and_an_unsafe_one_needs_trust(tmp_path, mon
 
 
 def test_a_full_disk_is_said_and_leaves_nothing_partial(tmp_path):
-    import shutil
+    from shared_builders import tmpfs
 
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
+    with tmpfs(tmp_path / "small", "size=1m") as mount:
         ck, counter, blob = make(mount)
         path = ck.save(1)  # fits
         blob.payload = os.urandom(2 * 2**20)  # does not
@@ -262,6 +258,3 @@ def test_a_full_disk_is_said_and_leaves_nothing_partial(tmp_path):
         left = os.listdir(mount / "checkpoints")
         assert sorted(left) == ["latest", "step_1"], left
         assert open(mount / "checkpoints" / "latest").read().strip() == "step_1" and checkpoint_problem(path) is None
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)

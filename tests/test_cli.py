@@ -243,14 +243,10 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
 
 
 def test_a_read_only_output_dir_fails_in_one_line(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    try:
+    from shared_builders import tmpfs
+
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
         out = rlreason("train", "recipe=quickstart", f"trainer.output_dir={mount / 'run'}")
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.strip() == (f"rlreason train: config error: trainer.output_dir={mount / 'run'}: cannot write "
                                   "there (Read-only file system); give a directory you can write to")
