@@ -26,6 +26,7 @@ from rlreason.config.schema import RunConfig
 from rlreason.kernels.lm_head import model_logprobs_entropy
 from rlreason.models import load_model
 from rlreason.workers.extensions import prepare_extensions_dir
+from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
 
@@ -74,7 +75,9 @@ class LearnerWorker:
             print(f"rlreason learner {rank}: {note}", flush=True)
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+        backend = "gloo" if not torch.cuda.is_available() else "nccl"
+        self._rendezvous = join_loopback_group(master, rank, world_size, backend)  # a local run: 127.0.0.1 only
+        deepspeed.init_distributed(dist_backend=backend)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(model_path, cfg.model, self.device)
