@@ -150,8 +150,9 @@ class VLLMEngine:
         keep = [b for b, g in enumerate(req.group_sizes) if g > 0]  # vLLM needs n >= 1
         prompts = [list(req.prompt_ids[b]) for b in keep]
         sizes = [req.group_sizes[b] for b in keep]
-        params = [self.sampling_cls(**sampling_kwargs(req.sampling, g, seed=_seed(req.seed, b)))
-                  for b, g in zip(keep, sizes)]
+        firsts = [sum(sizes[:i]) for i in range(len(sizes))]  # each response's seed is unique (see _seed)
+        params = [self.sampling_cls(**sampling_kwargs(req.sampling, g, seed=_seed(req.seed, first)))
+                  for first, g in zip(firsts, sizes)]
         before = self._counters()
         # LLM.generate returns one RequestOutput per prompt, in the prompts' order
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -284,9 +285,13 @@ class VLLMEngine:
             self.asleep = 0
 
 
-def _seed(seed: int, prompt: int) -> int:
-    """Per-prompt seed: sampling is deterministic given the request's seed, and prompts differ."""
-    return (seed * 1_000_003 + prompt) % (2**31 - 1)
+def _seed(seed: int, first_response: int) -> int:
+    """Seed of one prompt's request, ``first_response`` the index of its first response in the batch.
+
+    vLLM seeds the j-th of a request's n samples with seed + j, so consecutive prompts' seeds must be
+    n apart: spaced by 1, prompt b's sample j would share a stream with prompt b+1's sample j-1.
+    """
+    return (seed * 1_000_003 + first_response) % (2**31 - 1)
 
 
 def _load_bucket(worker, bucket: list, draft: bool) -> None:

@@ -28,7 +28,19 @@ def drafter_config(target_config, spec) -> DrafterConfig:
     heads = max(width // head_dim, 1) if width % head_dim == 0 else 1
     inter = max(int(c.intermediate_size * width / c.hidden_size), 1)
     return DrafterConfig(hidden_size=width, num_heads=heads, intermediate_size=inter, vocab_size=c.vocab_size,
-                         num_layers=spec.drafter_layers, rope_theta=float(getattr(c, "rope_theta", 10000.0) or 1e4))
+                         num_layers=spec.drafter_layers, rope_theta=rope_theta(c))
+
+
+def rope_theta(config) -> float:
+    """The target's RoPE base: current transformers keep it in ``rope_parameters`` (Qwen2.5: 1e6), older ones
+    in ``rope_theta``; 1e4 only if neither says."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        if "rope_theta" not in params:  # per attention type (e.g. full / sliding): the full layers' base
+            params = next((v for v in params.values() if isinstance(v, dict) and "rope_theta" in v), {})
+        if params.get("rope_theta"):
+            return float(params["rope_theta"])
+    return float(getattr(config, "rope_theta", None) or 1e4)
 
 
 def new_drafter(spec, target_config, vocab_map: Optional[Tensor] = None, seed: int = 0):

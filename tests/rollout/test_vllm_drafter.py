@@ -179,3 +179,14 @@ def test_a_level_2_sleep_restores_the_drafter_with_the_next_policy_sync(tiny_mod
     assert len(pushed) == 1 and set(pushed[0]) == set(w.engine.drafter_tensors)  # the initial drafter, again
     w.load_weights(policy, version=3)
     assert len(draft_pushes(w.engine.llm)) == 1  # once only
+
+
+@pytest.mark.parametrize("theta", [500.0, 1e6])
+def test_the_drafter_takes_the_targets_rope_base(theta):
+    from transformers import Qwen2Config
+
+    from rlreason.rollout.spec.build import drafter_config
+
+    for config in (LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=theta),
+                   Qwen2Config(hidden_size=64, num_attention_heads=4, rope_theta=theta)):
+        assert drafter_config(config, SpecConfig(enable=True)).rope_theta == theta

@@ -122,6 +122,19 @@ def test_sampling_kwargs():
 
 # ---- outputs and metrics ---------------------------------------------------------------------------
 
+def test_every_sample_of_a_batch_gets_its_own_seed_as_vllm_fans_them_out():
+    # vLLM (v1/engine/parallel_sampling.py) seeds child j of a request with n samples as seed + j
+    req = GenerationRequest([[3, 4], [5], [6, 7, 8], [9]], [3, 2, 4, 1], 0, request().sampling, 5)
+    eng = engine()
+    eng.generate(req)
+    gens = [c[2] for c in eng.llm.calls if c[0] == "generate"]
+    child_seeds = [g["seed"] + j for g in gens for j in range(g["n"])]
+    assert len(child_seeds) == 10 and len(set(child_seeds)) == 10, child_seeds
+    again = engine()
+    again.generate(req)
+    assert [c[2]["seed"] for c in again.llm.calls if c[0] == "generate"] == [g["seed"] for g in gens]  # reproducible
+
+
 def test_generate_translates_outputs_into_a_rollout_batch():
     eng = engine()
     batch = eng.generate(request())
