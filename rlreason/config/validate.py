@@ -64,6 +64,13 @@ def vllm_installed() -> bool:
 def _check_rollout(cfg: RunConfig) -> None:
     r = cfg.rollout
     _require(r.engine in ENGINES, f"rollout.engine={r.engine!r}: available engines are {', '.join(ENGINES)}")
+    c = cfg.cluster
+    # checked before vLLM's presence: a GPU-less placement is wrong on every machine
+    _require(r.engine != "vllm" or (c.placement != "none" and c.gpus_per_node > 0),
+             f"rollout.engine=vllm runs on GPUs, but with cluster.placement={c.placement} and cluster.gpus_per_node="
+             f"{c.gpus_per_node} no actor asks Ray for a GPU, and Ray then hides every GPU from it (vLLM finds no "
+             "device, the learners fall back to CPU): set cluster.placement=colocate (or split) and "
+             "cluster.gpus_per_node=<GPUs per node>")
     _require(r.engine != "vllm" or vllm_installed(),
              "rollout.engine=vllm needs vLLM, which is not installed here: pip install -e '.[gpu]' on a CUDA "
              "machine, or use rollout.engine=native (PyTorch, CPU or GPU)")

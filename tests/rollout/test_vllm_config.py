@@ -41,6 +41,7 @@ def test_config_names_the_missing_vllm(monkeypatch):
 
     cfg = RunConfig()
     cfg.rollout.engine = "vllm"
+    cfg.cluster.placement, cfg.cluster.gpus_per_node = "colocate", 8
     monkeypatch.setattr(v, "vllm_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"rollout.engine=vllm needs vLLM.*\[gpu\]"):
         v._check_rollout(cfg)
@@ -59,3 +60,26 @@ def test_config_names_the_missing_vllm(monkeypatch):
     cfg.rollout.spec.k = "0"
     with pytest.raises(ConfigError, match="k=0.*rollout.spec.enable=false"):
         v._check_rollout(cfg)
+
+
+@pytest.mark.parametrize("placement,gpus", [("none", 0), ("none", 8), ("colocate", 0), ("split", 0)])
+def test_vllm_without_gpu_placement_is_refused_naming_both_keys(placement, gpus):
+    from rlreason.config import ConfigError, load_config
+    from rlreason.config.validate import validate
+
+    cfg = load_config(["recipe=quickstart", "rollout.engine=vllm", f"cluster.placement={placement}",
+                       f"cluster.gpus_per_node={gpus}"])
+    with pytest.raises(ConfigError) as info:  # on this machine, where vLLM is not installed, this message first
+        validate(cfg)
+    msg = str(info.value)
+    assert f"cluster.placement={placement}" in msg and f"cluster.gpus_per_node={gpus}" in msg and "GPU" in msg
+
+
+def test_the_cli_refuses_the_quickstart_on_vllm_by_name():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rlreason", "train", "recipe=quickstart", "rollout.engine=vllm"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cluster.placement=none and cluster.gpus_per_node=0" in out.stderr
