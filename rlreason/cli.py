@@ -176,8 +176,9 @@ def cmd_list(args: list[str]) -> int:
     print(f"KL estimators  [algorithm.kl_estimator]\n  {', '.join(KL_ESTIMATORS)}")
     print(f"loss aggregation  [algorithm.agg_mode]\n  {', '.join(AGG_MODES)}")
     print("recipes  [rlreason train recipe=NAME]")
-    width = max(len(name) for name in list_recipes()) + 3
-    for name, summary in list_recipes().items():  # whole sentences, wrapped under the name's column
+    recipes = list_recipes()
+    width = max(len(name) for name in recipes) + 3
+    for name, summary in recipes.items():  # whole sentences, wrapped under the name's column
         print(textwrap.fill(summary, 110, initial_indent=f"  {name:<{width - 2}}", subsequent_indent=" " * width,
                             break_on_hyphens=False))
     return 0

@@ -151,10 +151,13 @@ def format_prompt(row: dict[str, Any], cfg: DataConfig, tokenizer) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def prompt_token_ids(text: str, cfg: DataConfig, tokenizer) -> list[int]:
+    """Every token of the prompt (a chat template already holds the special tokens it wants)."""
+    return tokenizer.encode(text, add_special_tokens=not cfg.chat_template)
+
+
 def encode_prompt(text: str, cfg: DataConfig, tokenizer) -> list[int]:
-    # a chat template already holds the special tokens it wants
-    ids = tokenizer.encode(text, add_special_tokens=not cfg.chat_template)
-    return ids[-cfg.max_prompt_length:]
+    return prompt_token_ids(text, cfg, tokenizer)[-cfg.max_prompt_length:]
 
 
 @dataclass
@@ -169,7 +172,7 @@ def encode_prompts(texts: list[str], cfg: DataConfig, tokenizer) -> EncodedPromp
     """Encode every prompt, counting those cut to ``data.max_prompt_length`` (kept: their last tokens)."""
     out = EncodedPrompts([], [], 0, 0)
     for text in texts:
-        ids = tokenizer.encode(text, add_special_tokens=not cfg.chat_template)
+        ids = prompt_token_ids(text, cfg, tokenizer)
         out.longest = max(out.longest, len(ids))
         cut = len(ids) > cfg.max_prompt_length
         out.ids.append(ids[-cfg.max_prompt_length:])
