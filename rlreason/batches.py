@@ -16,7 +16,8 @@ from rlreason.algorithms.base import AdvantageInput
 from rlreason.algorithms.kl_reward import kl_penalty
 from rlreason.config.schema import RunConfig
 from rlreason.rollout.native import left_pad
-from rlreason.types import LogprobResult, RewardResult, RolloutBatch, ScoreRequest, SequenceBatch, TrainBatch
+from rlreason.types import (LogprobResult, RewardResult, RolloutBatch, ScoreRequest, SequenceBatch, StepUpdate,
+                            TrainBatch)
 
 
 def score_request(rollout: RolloutBatch, prompts: list[str], rows: list[dict[str, Any]], step: int) -> ScoreRequest:
@@ -48,6 +49,24 @@ def drop_groups(rollout: RolloutBatch, rewards: RewardResult) -> tuple[RolloutBa
     kept.dropped_groups = rewards.dropped_groups + int(rollout.group_index[rewards.drop].unique().numel())
     kept.drop = None
     return rollout.select(keep), kept
+
+
+def reuses_update_logprobs(cfg: RunConfig) -> bool:
+    """Whether the update's own forward supplies π_old, saving a forward pass over the batch.
+
+    Exact when the step is a single optimizer update on the freshly generated batch (one epoch, one
+    update per step): π_old is then the current policy, and its log-probs are the update's, detached.
+    Not when something needs π_old before the update: a KL penalty in the reward, or a loss with a
+    ``step_sums`` pre-pass (DRPO); learner.reuse_logprobs=false always recomputes.
+    """
+    a, lr = cfg.algorithm, cfg.learner
+    return (lr.reuse_logprobs and lr.epochs == 1 and lr.updates_per_step == 1 and not a.kl_in_reward
+            and "step_sums" not in POLICY_LOSSES.entry(a.loss).traits)
+
+
+def needs_reference(cfg: RunConfig) -> bool:
+    """A reference model runs when the KL to it is a loss or reward term, or is logged."""
+    return cfg.algorithm.kl_coef > 0 or cfg.algorithm.track_kl
 
 
 def train_batch(cfg: RunConfig, rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult,
@@ -126,11 +145,9 @@ def _nanmean(x: torch.Tensor) -> float:
 
 
 def step_metrics(rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResult, batch: TrainBatch,
-                 stats: dict[str, float]) -> dict[str, float]:
+                 update: StepUpdate) -> dict[str, float]:
     """The per-step row of metrics.jsonl (besides the phase times)."""
-    mask = rollout.response_mask
     lengths = rollout.lengths
-    tokens = max(stats.get("tokens", 0.0), 1.0)
     m: dict[str, float] = {
         "reward/mean": _nanmean(rewards.scores),
         "reward/std": float(rewards.scores[~torch.isnan(rewards.scores)].std()) if len(rewards.scores) > 1 else 0.0,
@@ -139,22 +156,32 @@ def step_metrics(rollout: RolloutBatch, rewards: RewardResult, lps: LogprobResul
         "response_length/max": float(lengths.max()),
         "truncated/frac": float(rollout.truncated.float().mean()),
         "advantage/abs_mean": float(masked_mean(batch.advantages.abs(), batch.seqs.response_mask)),
-        "entropy": float(masked_mean(lps.entropy, mask)),
         "rollout/tokens_per_s": rollout.gen_tokens / max(rollout.gen_seconds, 1e-9),
-        "rollout/logprob_mismatch": float(masked_mean((lps.old_logprobs - rollout.rollout_logprobs).abs(), mask)),
         "reward/errors": float(len(rewards.errors)),
         "reward/dropped_groups": float(rewards.dropped_groups),
         "reward/dropped_samples": float(rewards.dropped_samples),
-        "loss": stats.get("loss", math.nan),
-        "pg_loss": stats.get("policy_loss", math.nan),
-        "grad_norm": stats.get("grad_norm", math.nan),
+        "loss": update.loss,
+        "pg_loss": update.policy_loss,
+        "grad_norm": update.grad_norm,
+        **_policy_metrics(rollout, lps, batch, update),
+        **update.token_means,  # kl, clip_frac, ppo_kl, ...: means over the step's loss tokens
     }
     for name, values in rewards.components.items():
         m[f"reward/{name}/mean"] = _nanmean(values)
-    for key, value in stats.items():
-        if key.endswith("_sum"):
-            m[key[:-4]] = value / tokens  # token means over the step (kl, clip_frac, ...)
     return m
+
+
+def _policy_metrics(rollout: RolloutBatch, lps: LogprobResult, batch: TrainBatch,
+                    update: StepUpdate) -> dict[str, float]:
+    """Entropy of π_old and its gap to the rollout engine's log-probs, over the rows π_old was computed
+    for: the rollout's (a log-prob pass) or the updated batch's (reused from the update)."""
+    if update.logprobs is not None:
+        old, entropy = update.logprobs.old_logprobs, update.logprobs.entropy
+        mask, behaviour = batch.seqs.response_mask, batch.rollout_logprobs
+    else:
+        old, entropy, mask, behaviour = lps.old_logprobs, lps.entropy, rollout.response_mask, rollout.rollout_logprobs
+    return {"entropy": float(masked_mean(entropy, mask)),
+            "rollout/logprob_mismatch": float(masked_mean((old - behaviour).abs(), mask))}
 
 
 def dropped_step_metrics(rewards: RewardResult) -> dict[str, float]:

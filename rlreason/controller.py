@@ -33,7 +33,7 @@ from rlreason.sampling.budget import apply_token_budget
 from rlreason.sampling.dot import build_shaper
 from rlreason.sampling.dynamic import build_dynamic_sampling
 from rlreason.tracking import PhaseTimer, RunLog
-from rlreason.types import RolloutBatch, SamplingParams, SequenceBatch
+from rlreason.types import LogprobResult, RolloutBatch, SamplingParams, SequenceBatch, StepUpdate, TrainBatch
 from rlreason.workers.learner import lr_at
 
 
@@ -113,12 +113,15 @@ class Trainer:
             return {**batches.dropped_step_metrics(rewards), **groups.stats, **t.metrics()}
         if self.drafter is not None:  # spot mode: worker 0 trains the drafter while it waits for the sync
             self.drafter.spot_start(SequenceBatch.from_rollout(rollout), step)
-        with t("logprobs"):
-            lps = self.learners.logprobs(SequenceBatch.from_rollout(rollout))
+        with t("logprobs"):  # with on-policy reuse only the reference model runs here, if there is one
+            lps = self.logprobs(SequenceBatch.from_rollout(rollout))
         with t("advantages"):
             batch = batches.train_batch(cfg, rollout, rewards, lps, self.sampler.weights(groups))
         with t("update"):  # C3PO (sampling.token_budget): exactly Φ of the batch's tokens
-            stats = self.update(apply_token_budget(batch, cfg.sampling, self.generator, cfg.algorithm.count_empty_seqs))
+            batch = apply_token_budget(batch, cfg.sampling, self.generator, cfg.algorithm.count_empty_seqs)
+            update = self.update(batch)
+            if update.logprobs is not None:  # reused: the update's forward computed π_old of the batch's rows
+                batch.old_logprobs = update.logprobs.old_logprobs
         with t("observe"):  # the sampler learns from the step (GDRO: per-response loss after the update)
             updated = lambda: self.learners.logprobs(batch.seqs).old_logprobs  # noqa: E731 (run only if asked)
             self.sampler.observe(StepOutcome(step, groups, batch, updated))
@@ -129,7 +132,7 @@ class Trainer:
             with t("drafter"):  # published with the policy it was trained on: both are version `step`
                 drafter_metrics = self.drafter.step(SequenceBatch.from_rollout(rollout), version=step)
         with t("log"):
-            metrics = batches.step_metrics(rollout, rewards, lps, batch, stats)
+            metrics = batches.step_metrics(rollout, rewards, lps, batch, update)
             metrics.update({**rollout_curve_metrics(rollout.batch_sizes), **spec_metrics(rollout.stats),
                             **drafter_metrics})
             shown = [self.shown_prompts[u] for u in groups.uids]
@@ -138,7 +141,7 @@ class Trainer:
             self.log.log_reward_errors(step, rewards.errors)
             for err in rewards.errors[:3]:
                 self.log.message(f"step {step}: reward error: {err.splitlines()[0]} (traceback: reward_errors.jsonl)")
-            metrics.update(self.fault_metrics(step, stats))
+            metrics.update(self.fault_metrics(step, update.skipped))
             metrics.update({**groups.stats, **self.sampler.metrics()})
         return {**metrics, **t.metrics()}
 
@@ -199,9 +202,8 @@ class Trainer:
                              f"Check that the reward applies to this data (its 'when' routing, data.answer_key) and "
                              f"see {self.run_dir}/reward_errors.jsonl; reward.max_unscored_steps=0 lets the run go on")
 
-    def fault_metrics(self, step: int, stats: dict[str, float]) -> dict[str, float]:
+    def fault_metrics(self, step: int, skipped: int) -> dict[str, float]:
         """Counters of what went wrong and was survived: skipped updates, restarted actors."""
-        skipped = int(stats.get("skipped", 0))
         if skipped:
             self.skipped_updates += skipped
             self.log.message(f"step {step}: non-finite loss or gradient norm; {skipped} optimizer step(s) skipped "
@@ -215,24 +217,26 @@ class Trainer:
         return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               max_new_tokens=r.max_new_tokens, stop=list(r.stop))
 
-    def update(self, batch) -> dict[str, float]:
-        """``epochs`` passes over the batch, ``updates_per_step`` optimizer steps each; stats averaged."""
+    def logprobs(self, seqs: SequenceBatch) -> LogprobResult:
+        """The pass before the update: π_old unless the update supplies it (``batches.reuses_update_logprobs``),
+        and the reference model's log-probs when there is one."""
+        if not batches.reuses_update_logprobs(self.cfg):
+            return self.learners.logprobs(seqs)
+        if batches.needs_reference(self.cfg):
+            return self.learners.logprobs(seqs, policy=False)
+        return LogprobResult(None, None)
+
+    def update(self, batch: TrainBatch) -> StepUpdate:
+        """``epochs`` passes over the batch, ``updates_per_step`` optimizer steps each."""
         lr_cfg = self.cfg.learner
-        totals: dict[str, float] = {}
-        updates = 0
+        steps, logprobs = [], None
         for _ in range(lr_cfg.epochs):
             for mb in batches.mini_batches(batch, lr_cfg.updates_per_step, self.generator,
                                            self.cfg.algorithm.count_empty_seqs):
-                stats = self.learners.update(mb, lr=lr_at(self.cfg, self.optimizer_steps))
+                stats, logprobs = self.learners.update(mb, lr=lr_at(self.cfg, self.optimizer_steps))
                 self.optimizer_steps += 1
-                updates += 1
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
-        for k in ("loss", "policy_loss", "grad_norm"):
-            if k in totals:
-                totals[k] /= updates  # "skipped" stays a count
-        totals["lr"] = lr_at(self.cfg, self.optimizer_steps - 1)
-        return totals
+                steps.append(stats)
+        return StepUpdate.of(steps, lr_at(self.cfg, self.optimizer_steps - 1), logprobs)
 
     def sync_weights(self, version: int) -> None:
         self.rollout.load_weights(self.learners.policy_weights(), version)
@@ -253,11 +257,11 @@ class Trainer:
             responses = [self.tokenizer.encode(str(rows[i][sft.response_key]), add_special_tokens=False) + [eos]
                          for i in idx]
             batch = batches.sft_batch([self.prompt_ids[i] for i in idx], responses, pad)
-            stats = self.learners.update(batch, lr=sft.lr, loss_name="sft")
-            self.log.log_warmup({"sft_step": k, "loss": stats["loss"], "grad_norm": stats["grad_norm"]})
-            self.log.warmup_progress(k, sft.steps, stats["loss"])
+            stats, _ = self.learners.update(batch, lr=sft.lr, loss_name="sft")
+            self.log.log_warmup({"sft_step": k, "loss": stats.loss, "grad_norm": stats.grad_norm})
+            self.log.warmup_progress(k, sft.steps, stats.loss)
             if k == sft.steps:
-                self.log.message(f"sft warm-up done: {k} steps, loss {stats['loss']:.4f}")
+                self.log.message(f"sft warm-up done: {k} steps, loss {stats.loss:.4f}")
         self.learners.reset_reference()  # KL is measured against the warmed-up policy
         self.sync_weights(version=0)
         if self.drafter is not None and self.cfg.rollout.spec.train.warmup_steps:  # in-domain drafter warm start

@@ -226,6 +226,30 @@ class SequenceBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def lengths(self) -> Tensor:  # [N] real tokens per row (prompt + response): its compute cost
+        return self.attention_mask.sum(-1)
+
+    def rows(self, idx: Tensor) -> "SequenceBatch":
+        """The rows ``idx`` ([k] long)."""
+        return SequenceBatch(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.prompt_width)
+
+    def trimmed(self) -> "SequenceBatch":
+        """The same rows without the columns that are padding in every row: prompt columns on the left,
+        response columns on the right (so a micro-batch of short rows costs what its rows cost).
+        Positions come from the attention mask, so log-probs do not change; the response width shrinks
+        to the longest real response, which callers slice their [n, T] tensors to."""
+        real = self.attention_mask.bool()
+        p = self.prompt_width
+        prompt_cols = real[:, :p].any(0).nonzero()
+        left = int(prompt_cols[0]) if len(prompt_cols) else p - 1
+        left = min(left, p - 1)  # keep the last prompt column: it predicts the first response token
+        response_cols = real[:, p:].any(0).nonzero()
+        width = int(response_cols[-1]) + 1 if len(response_cols) else 1
+        width = min(max(width, 1), self.response_mask.shape[1])
+        return SequenceBatch(self.input_ids[:, left:p + width], self.attention_mask[:, left:p + width],
+                             self.response_mask[:, :width], p - left)
+
     @staticmethod
     def from_rollout(r: RolloutBatch) -> "SequenceBatch":
         return SequenceBatch(
@@ -240,18 +264,10 @@ class SequenceBatch:
 class LogprobResult:
     """The learner's no-grad pass over a SequenceBatch."""
 
-    old_logprobs: Tensor  # [N, T] log π_old at the sampling temperature
-    entropy: Tensor  # [N, T] token entropy of π_old
+    old_logprobs: Optional[Tensor]  # [N, T] log π_old at the sampling temperature; None: not computed (the
+    # update supplies them, see TrainBatch.old_logprobs)
+    entropy: Optional[Tensor]  # [N, T] token entropy of π_old; None with old_logprobs
     ref_logprobs: Optional[Tensor] = None  # [N, T] log π_ref, None without a reference model
-
-    @staticmethod
-    def concat(parts: list["LogprobResult"]) -> "LogprobResult":
-        refs = [p.ref_logprobs for p in parts]
-        return LogprobResult(
-            old_logprobs=_pad_cat([p.old_logprobs for p in parts], 0.0),
-            entropy=_pad_cat([p.entropy for p in parts], 0.0),
-            ref_logprobs=None if refs[0] is None else _pad_cat(refs, 0.0),
-        )
 
 
 @dataclass
@@ -264,7 +280,8 @@ class TrainBatch:
 
     seqs: SequenceBatch
     advantages: Tensor  # [N, T] float, A_{i,t} (0 on padding)
-    old_logprobs: Tensor  # [N, T] float, log π_old at the sampling temperature (no grad)
+    old_logprobs: Optional[Tensor]  # [N, T] float, log π_old at the sampling temperature (no grad); None:
+    # the update's own forward supplies them, detached (one on-policy optimizer step: π_old is the current policy)
     ref_logprobs: Optional[Tensor]  # [N, T] float, log π_ref, None when no KL term
     rollout_logprobs: Tensor  # [N, T] float, log-probs reported by the rollout engine
     rewards: Tensor  # [N] float, R_i
@@ -281,8 +298,7 @@ class TrainBatch:
 
     def rows(self, idx: Tensor) -> "TrainBatch":
         """The sub-batch of rows ``idx`` ([k] long), keeping the global counts."""
-        s = self.seqs
-        seqs = SequenceBatch(s.input_ids[idx], s.attention_mask[idx], s.response_mask[idx], s.prompt_width)
+        seqs = self.seqs.rows(idx)
         per_row = {
             f.name: getattr(self, f.name)[idx]
             for f in fields(self)
@@ -290,6 +306,70 @@ class TrainBatch:
         }
         return replace(self, seqs=seqs, **per_row)
 
-    def shard(self, rank: int, world: int) -> "TrainBatch":
-        """Rows rank, rank+world, ... (strided so every rank gets a similar mix of lengths)."""
-        return self.rows(torch.arange(rank, len(self), world))
+    def trimmed(self) -> "TrainBatch":
+        """The batch without its all-padding columns (``SequenceBatch.trimmed``); every [n, T] tensor
+        is cut to the new response width."""
+        seqs = self.seqs.trimmed()
+        width = seqs.response_mask.shape[1]
+        per_token = {f.name: getattr(self, f.name)[:, :width] for f in fields(self)
+                     if isinstance(getattr(self, f.name), Tensor) and getattr(self, f.name).dim() == 2}
+        return replace(self, seqs=seqs, **per_token)
+
+
+@dataclass
+class UpdateStats:
+    """What one optimizer step reports: sums over its micro-batches (and, on the driver, its ranks).
+
+    The loss terms are contributions with global denominators, so their sum is the step's value.
+    ``token_sums``: a per-token quantity (a loss's metrics such as clip_frac and ppo_kl, and kl) summed
+    over the step's loss tokens; ``token_means`` divides by ``tokens``.
+    """
+
+    loss: float = 0.0
+    policy_loss: float = 0.0
+    tokens: float = 0.0  # loss tokens (Σ response_mask)
+    token_sums: dict[str, float] = field(default_factory=dict)
+    grad_norm: float = float("nan")  # after the all-reduce: the same on every rank
+    skipped: bool = False  # the step was skipped for a non-finite loss or gradient (the same on every rank)
+
+    def add(self, other: "UpdateStats") -> "UpdateStats":
+        """Sums of two parts of one step (micro-batches, ranks); the step-wide fields come from ``self``."""
+        sums = dict(self.token_sums)
+        for k, v in other.token_sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+        return replace(self, loss=self.loss + other.loss, policy_loss=self.policy_loss + other.policy_loss,
+                       tokens=self.tokens + other.tokens, token_sums=sums)
+
+    def token_means(self) -> dict[str, float]:
+        return {k: v / max(self.tokens, 1.0) for k, v in self.token_sums.items()}
+
+
+@dataclass
+class StepUpdate:
+    """The optimizer steps of one RL step: their mean losses and gradient norm, and how many were skipped.
+
+    ``logprobs``: with on-policy log-prob reuse, the log-probs (and entropy) the update's forward
+    computed before the step, one row per row of the updated batch; None when they were computed
+    before the update (``LearnerGroup.logprobs``).
+    """
+
+    loss: float
+    policy_loss: float
+    grad_norm: float
+    skipped: int  # optimizer steps skipped for a non-finite loss or gradient
+    updates: int
+    token_means: dict[str, float]  # over every update's loss tokens (kl, clip_frac, ...)
+    tokens: float
+    lr: float = 0.0
+    logprobs: Optional[LogprobResult] = None
+
+    @staticmethod
+    def of(steps: list[UpdateStats], lr: float, logprobs: Optional[LogprobResult] = None) -> "StepUpdate":
+        n = max(len(steps), 1)
+        total = steps[0]
+        for s in steps[1:]:
+            total = total.add(s)
+        return StepUpdate(loss=total.loss / n, policy_loss=total.policy_loss / n,
+                          grad_norm=sum(s.grad_norm for s in steps) / n, skipped=sum(int(s.skipped) for s in steps),
+                          updates=len(steps), token_means=total.token_means(), tokens=total.tokens, lr=lr,
+                          logprobs=logprobs)

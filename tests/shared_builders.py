@@ -26,6 +26,18 @@ def fixed_batch(model_dir, n=12, seed=0) -> TrainBatch:
     return batch
 
 
+def bare_learner(cfg, model):
+    """A LearnerWorker without DeepSpeed: the plain model stands in for the engine (same forward)."""
+    from rlreason.rollout.sampling import logprob_temperature
+    from rlreason.workers.learner import LearnerWorker
+
+    worker = LearnerWorker.__new__(LearnerWorker)
+    worker.cfg, worker.device, worker.engine, worker.ref = cfg, "cpu", model, None
+    worker.rank, worker.world_size = 0, 1
+    worker.temperature = logprob_temperature(cfg.rollout.temperature)
+    return worker
+
+
 def session_processes(sid: int) -> list[int]:
     """Every live process of session ``sid`` (what a killed driver's Ray leaves behind)."""
     out = []

@@ -306,6 +306,9 @@ class LearnerConfig:
     """Passes over the step's batch (PPO epochs)."""
     threads: int = 0
     """torch threads per learner actor (0 = CPUs of the machine / world_size)."""
+    reuse_logprobs: bool = True
+    """When the RL step is one on-policy optimizer update (epochs=1, updates_per_step=1), take π_old's
+    log-probs from the update's own forward instead of a separate pass (exact; rlreason.batches)."""
     logprob_impl: str = "auto"
     """Log-prob / entropy computation: auto (triton on CUDA, chunked on CPU) | naive (full logits and
     log-softmax) | chunked (PyTorch, O(chunk·V) memory) | triton. Non-naive paths apply the LM head

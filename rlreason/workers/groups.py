@@ -1,22 +1,19 @@
 """Starting the Ray actors and fanning work out to them.
 
 Each group splits a batch between its actors, calls them in parallel and reassembles the
-results in the original order. The learner group also pads shards so every DeepSpeed rank runs
-the same number of micro-batches (ZeRO communicates inside forward/backward).
+results in the original order. The learner group splits by the update plan (rlreason.workers.plan).
 """
 
 from __future__ import annotations
 
-import math
 import socket
 import sys
-from dataclasses import replace
-
-import torch
+from typing import Optional
 
 from rlreason.config.schema import RunConfig
 from rlreason.types import (GenerationRequest, LogprobResult, RewardResult, RolloutBatch, SamplingParams,
-                            ScoreRequest, SequenceBatch, TrainBatch)
+                            ScoreRequest, SequenceBatch, TrainBatch, UpdateStats)
+from rlreason.workers import plan
 
 
 def _ray():
@@ -154,33 +151,25 @@ class LearnerGroup:
         self.world = world
         self.micro = cfg.learner.micro_batch_size
 
-    def _plan(self, n: int) -> tuple[int, int]:
-        """Rows per rank (after padding) and micro-batches per rank."""
-        rows = max(math.ceil(n / self.world), 1)
-        return rows, math.ceil(rows / self.micro)
+    def logprobs(self, seqs: SequenceBatch, policy: bool = True) -> LogprobResult:
+        """Log-probs and entropy under the current policy (``policy``), and reference log-probs with a
+        reference model, of every row of ``seqs``."""
+        shares = plan.plan_for(seqs, self.world, self.micro)
+        parts = _ray().get([a.compute_logprobs.remote(plan.take(seqs, s), s.micro_sizes, policy)
+                            for a, s in zip(self.actors, shares)])
+        return plan.gather(parts, shares, len(seqs)) or LogprobResult(None, None)
 
-    def logprobs(self, seqs: SequenceBatch) -> LogprobResult:
-        rows, num_micro = self._plan(len(seqs))
-        futures = [a.compute_logprobs.remote(_pad_seqs(_stride(seqs, r, self.world), rows), num_micro)
-                   for r, a in enumerate(self.actors)]
-        parts = _ray().get(futures)
-        return _unstride(parts, len(seqs), self.world)
-
-    def update(self, batch: TrainBatch, lr: float, loss_name: str | None = None) -> dict[str, float]:
-        """One optimizer step on ``batch`` (whose global counts are already set); summed stats."""
-        if batch.keep_groups:  # the loss couples a prompt's responses: whole groups per micro-batch
-            from rlreason.workers.group_split import group_shards
-
-            shards = group_shards(batch, self.world, self.micro)  # (shard, micro-batch sizes) per rank
-        else:
-            rows, num_micro = self._plan(len(batch))
-            shards = [(_pad_train(batch.shard(r, self.world), rows), num_micro) for r in range(self.world)]
-        futures = [a.update.remote(shard, micro, lr, loss_name) for a, (shard, micro) in zip(self.actors, shards)]
-        parts = _ray().get(futures)
-        same = ("grad_norm", "skipped")  # identical on every rank after the all-reduce
-        out = {k: sum(p[k] for p in parts) for k in parts[0] if k not in same}
-        out.update({k: parts[0][k] for k in same if k in parts[0]})
-        return out
+    def update(self, batch: TrainBatch, lr: float, loss_name: str | None = None
+               ) -> tuple[UpdateStats, Optional[LogprobResult]]:
+        """One optimizer step on ``batch`` (whose global counts are already set): its stats summed over
+        the ranks and, with on-policy reuse (``batch.old_logprobs`` None), the rows' log-probs before it."""
+        shares = plan.plan_for(batch, self.world, self.micro)
+        parts = _ray().get([a.update.remote(plan.take(batch, s), s.micro_sizes, lr, loss_name)
+                            for a, s in zip(self.actors, shares)])
+        stats = parts[0][0]
+        for rank_stats, _ in parts[1:]:
+            stats = stats.add(rank_stats)
+        return stats, plan.gather([lps for _, lps in parts], shares, len(batch))
 
     def reset_reference(self) -> None:
         _ray().get([a.reset_reference.remote() for a in self.actors])
@@ -195,49 +184,3 @@ class LearnerGroup:
 
     def load_checkpoint(self, path: str) -> None:
         _ray().get([a.load_checkpoint.remote(path) for a in self.actors])
-
-
-def _stride(seqs: SequenceBatch, rank: int, world: int) -> SequenceBatch:
-    idx = torch.arange(rank, len(seqs), world)
-    return SequenceBatch(seqs.input_ids[idx], seqs.attention_mask[idx], seqs.response_mask[idx], seqs.prompt_width)
-
-
-def _pad_seqs(seqs: SequenceBatch, rows: int) -> SequenceBatch:
-    """Append fully-masked copies of row 0 up to ``rows`` rows (they carry no loss)."""
-    extra = rows - len(seqs)
-    if extra <= 0:
-        return seqs
-    if len(seqs) == 0:
-        raise ValueError("cannot pad an empty shard")
-    rep = lambda t: torch.cat([t, t[:1].expand(extra, *t.shape[1:])])  # noqa: E731
-    return SequenceBatch(rep(seqs.input_ids), rep(seqs.attention_mask),
-                         torch.cat([seqs.response_mask, torch.zeros(extra, seqs.response_mask.shape[1])]),
-                         seqs.prompt_width)
-
-
-def _pad_train(batch: TrainBatch, rows: int) -> TrainBatch:
-    extra = rows - len(batch)
-    if extra <= 0:
-        return batch
-    padded = batch.rows(torch.cat([torch.arange(len(batch)), torch.zeros(extra, dtype=torch.long)]))
-    mask = padded.seqs.response_mask.clone()
-    mask[len(batch):] = 0.0
-    adv = padded.advantages.clone()
-    adv[len(batch):] = 0.0
-    return replace(padded, seqs=replace(padded.seqs, response_mask=mask), advantages=adv)
-
-
-def _unstride(parts: list[LogprobResult], n: int, world: int) -> LogprobResult:
-    """Undo strided sharding: row i came from rank i % world, position i // world."""
-    def gather(get):
-        first = get(parts[0])
-        if first is None:
-            return None
-        out = torch.zeros(n, first.shape[1], dtype=first.dtype)
-        for r, p in enumerate(parts):
-            k = len(range(r, n, world))
-            out[r::world] = get(p)[:k]
-        return out
-
-    return LogprobResult(gather(lambda p: p.old_logprobs), gather(lambda p: p.entropy),
-                         gather(lambda p: p.ref_logprobs))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -28,7 +28,8 @@ from rlreason.models import load_model
 from rlreason.workers.extensions import prepare_extensions_dir
 from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
-from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
+from rlreason.types import LogprobResult, SequenceBatch, TrainBatch, UpdateStats
+from rlreason.workers import plan
 
 
 def _plain_fp32(cfg: RunConfig) -> bool:
@@ -125,27 +126,30 @@ class LearnerWorker:
                                       impl=self.cfg.learner.logprob_impl, chunk=self.cfg.learner.logprob_chunk)
 
     @torch.no_grad()
-    def compute_logprobs(self, seqs: SequenceBatch, num_micro: int) -> LogprobResult:
-        """Old-policy log-probs, entropy and (with a reference model) reference log-probs of a shard."""
+    def compute_logprobs(self, seqs: SequenceBatch, micro_sizes: list[int], policy: bool = True) -> LogprobResult:
+        """A shard's log-probs and entropy under the current policy (``policy``) and, with a reference
+        model, its reference log-probs, micro-batch by micro-batch (rlreason.workers.plan)."""
         self.engine.eval()
+        width = seqs.response_mask.shape[1]
         olds, ents, refs = [], [], []
-        for mb in _split(seqs, num_micro):
-            lp, ent = self._forward(self.engine, mb, with_entropy=True)
-            olds.append(lp.float().cpu())
-            ents.append(ent.float().cpu())
+        for mb in plan.split(seqs, micro_sizes):
+            if policy:
+                lp, ent = self._forward(self.engine, mb, with_entropy=True)
+                olds.append(_widen(lp, width))
+                ents.append(_widen(ent, width))
             if self.ref is not None:
-                refs.append(self._forward(self.ref, mb, with_entropy=False)[0].float().cpu())
-        return LogprobResult(torch.cat(olds), torch.cat(ents), torch.cat(refs) if refs else None)
+                refs.append(_widen(self._forward(self.ref, mb, with_entropy=False)[0], width))
+        cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+        return LogprobResult(cat(olds), cat(ents), cat(refs))
 
     # ---- one optimizer step ---------------------------------------------------------------
 
-    def update(self, batch: TrainBatch, num_micro: Union[int, list[int]], lr: float,
-               loss_name: Optional[str] = None) -> dict:
+    def update(self, batch: TrainBatch, micro_sizes: list[int], lr: float,
+               loss_name: Optional[str] = None) -> tuple[UpdateStats, Optional[LogprobResult]]:
         """Accumulate gradients over the micro-batches of this rank's shard, then step.
 
-        ``num_micro``: a number of near-equal micro-batches, or the row count of each (group-aligned
-        shards, rlreason.workers.group_split). Returns sums over this rank (the controller adds ranks
-        and divides by global counts).
+        Returns sums over this rank (the driver adds ranks) and, when ``batch.old_logprobs`` is None
+        (on-policy reuse), the log-probs and entropy of the shard's rows before the step.
         """
         self.engine.train()
         for group in self.optimizer.param_groups:
@@ -153,25 +157,28 @@ class LearnerWorker:
         entry = POLICY_LOSSES.entry(loss_name or self.cfg.algorithm.loss)
         kwargs = {} if loss_name else dict(self.cfg.algorithm.loss_kwargs)
         ctx = self._agg_context(batch, sft=loss_name is not None)
-        parts = _split_train(batch, num_micro)
+        parts = plan.split(batch, micro_sizes)
         terms = self._step_terms(parts, entry, kwargs, ctx, regularise=loss_name is None)
-        sums: dict[str, float] = {}
+        reuse = batch.old_logprobs is None
+        sums, olds, ents = UpdateStats(), [], []
         for mb in parts:
-            loss, stats = self._micro_loss(mb, entry.fn, kwargs, ctx, loss_name is None, terms)
-            if not math.isfinite(stats["loss"]):
+            loss, stats, lp, ent = self._micro_loss(mb, entry.fn, kwargs, ctx, loss_name is None, terms, reuse)
+            if not math.isfinite(stats.loss):
                 # a non-finite loss must not move the weights: NaN gradients make the global gradient-norm
                 # check skip the step on every rank (a local skip would desynchronise the ranks)
                 loss = loss * float("nan")
             self.engine.backward(loss * self.world_size)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+            sums = sums.add(stats)
+            if reuse:
+                olds.append(_widen(lp, batch.seqs.response_mask.shape[1]))
+                ents.append(_widen(ent, batch.seqs.response_mask.shape[1]))
         skipped_before, self._skipped = self.engine.skipped_steps, False
         self.engine.step()
         self.optimizer_steps += 1
         grad_norm = self.grad_norm if _plain_fp32(self.cfg) else self.engine.get_global_grad_norm()
-        sums["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        sums["skipped"] = float(self._skipped or self.engine.skipped_steps > skipped_before)
-        return sums
+        sums.grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        sums.skipped = bool(self._skipped or self.engine.skipped_steps > skipped_before)
+        return sums, (LogprobResult(torch.cat(olds), torch.cat(ents)) if reuse else None)
 
     def _agg_context(self, batch: TrainBatch, sft: bool) -> AggContext:
         a = self.cfg.algorithm
@@ -224,8 +231,10 @@ class LearnerWorker:
 
     def _loss_input(self, mb: TrainBatch, lp: Tensor, ent: Optional[Tensor], step_sums=None) -> LossInput:
         dev = self.device
+        # on-policy reuse: π_old is the policy of this very forward, so its detached log-probs are exact
+        old = lp.detach() if mb.old_logprobs is None else mb.old_logprobs.to(dev)
         return LossInput(
-            logprobs=lp, old_logprobs=mb.old_logprobs.to(dev), advantages=mb.advantages.to(dev),
+            logprobs=lp, old_logprobs=old, advantages=mb.advantages.to(dev),
             response_mask=mb.seqs.response_mask.to(dev), rewards=mb.rewards.to(dev), correct=mb.correct.to(dev),
             group_index=mb.group_index.to(dev),
             ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(dev),
@@ -234,31 +243,34 @@ class LearnerWorker:
         )
 
     def _micro_loss(self, mb: TrainBatch, loss_fn, kwargs: dict, ctx: AggContext, regularise: bool,
-                    terms: "StepTerms"):
+                    terms: "StepTerms", with_entropy: bool = False):
+        """The micro-batch's loss contribution, its stats, and its log-probs and entropy (detached)."""
         a = self.cfg.algorithm
         mask = mb.seqs.response_mask.to(self.device)
         need_entropy = regularise and a.entropy_coef != 0
-        lp, ent = self._forward(self.engine, mb.seqs, with_entropy=need_entropy)
-        inp = self._loss_input(mb, lp, ent, terms.step_sums)
+        lp, ent = self._forward(self.engine, mb.seqs, with_entropy=need_entropy or with_entropy)
+        inp = self._loss_input(mb, lp, ent if need_entropy else None, terms.step_sums)
         ref = inp.ref_logprobs
         out = loss_fn(inp, **kwargs)
         policy_loss = aggregate(out.token_loss, mask, terms.policy_ctx)
         loss = policy_loss
-        stats = {"policy_loss": policy_loss.item(), "tokens": mask.sum().item()}
+        token_sums = {}
         if regularise and ref is not None:
             kl = KL_ESTIMATORS[a.kl_estimator](lp, ref)
             if a.kl_coef > 0 and not a.kl_in_reward:  # with kl_in_reward the KL went into the advantages
                 loss = loss + a.kl_coef * aggregate(kl, mask, ctx)
-            stats["kl_sum"] = (kl.detach() * mask).sum().item()
+            token_sums["kl"] = (kl.detach() * mask).sum().item()
         if need_entropy:
             loss = loss - a.entropy_coef * aggregate(ent, mask, ctx)
         if terms.correct_ctx is not None:  # SFT term on correct rollouts (Klear-Reasoner, algorithms.md §9)
             correct = (inp.correct == 1).to(mask.dtype)[:, None]
             loss = loss + a.sft_coef * aggregate(-lp, mask * correct, terms.correct_ctx)
         for name, value in out.token_metrics.items():
-            stats[f"{name}_sum"] = (value.detach().float() * mask).sum().item()
-        stats["loss"] = loss.item()
-        return loss, stats
+            token_sums[name] = (value.detach().float() * mask).sum().item()
+        stats = UpdateStats(loss=loss.item(), policy_loss=policy_loss.item(), tokens=mask.sum().item(),
+                            token_sums=token_sums)
+        detach = lambda x: None if x is None else x.detach().float().cpu()  # noqa: E731
+        return loss, stats, detach(lp), detach(ent)
 
     # ---- weights --------------------------------------------------------------------------
 
@@ -315,17 +327,10 @@ class LearnerWorker:
             self.ref_is_reset = True
 
 
-def _split(seqs: SequenceBatch, num_micro: int) -> list[SequenceBatch]:
-    """``num_micro`` non-empty, near-equal slices (the caller makes len(seqs) >= num_micro)."""
-    return [SequenceBatch(seqs.input_ids[idx], seqs.attention_mask[idx], seqs.response_mask[idx], seqs.prompt_width)
-            for idx in torch.arange(len(seqs)).tensor_split(num_micro)]
-
-
-def _split_train(batch: TrainBatch, num_micro: Union[int, list[int]]) -> list[TrainBatch]:
-    """``num_micro`` near-equal slices, or consecutive slices of the given row counts."""
-    rows = torch.arange(len(batch))
-    parts = rows.split(num_micro) if isinstance(num_micro, list) else rows.tensor_split(num_micro)
-    return [batch.rows(idx) for idx in parts]
+def _widen(x: Tensor, width: int) -> Tensor:
+    """[n, w] values of a trimmed micro-batch back to the shard's response width (zeros on the right)."""
+    x = x.float().cpu()
+    return torch.nn.functional.pad(x, (0, width - x.shape[1])) if x.shape[1] < width else x
 
 
 @dataclass

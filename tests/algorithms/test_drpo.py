@@ -11,7 +11,7 @@ from rlreason.algorithms import POLICY_LOSSES
 from rlreason.algorithms.aggregation import AggContext, aggregate
 from rlreason.algorithms.base import LossInput
 from rlreason.algorithms.drpo import drpo_step_sums
-from rlreason.workers.group_split import group_plan
+from rlreason.workers import plan
 
 HP = dict(lam=0.1, tau=10.0, delta=1e-4, beta=1e3)
 
@@ -118,8 +118,8 @@ def test_invariant_to_micro_batches_and_ranks(case, world, micro):
     case.old = case.old + 0.05  # trust region active
     full = drpo_loss(case)
     (g_full,) = torch.autograd.grad(full, case.lp)
-    plan = group_plan(case.group_index, world, micro)
-    parts = [rows for rank in plan for rows in rank]
+    shares = plan.plan(torch.ones(len(case.group_index)), world, micro, case.group_index)
+    parts = [rows for s in shares for rows in s.micro_rows()]
     sums = {}
     for rows in parts:  # the learner's no-grad pass: per micro-batch, then summed over the step
         for k, v in drpo_step_sums(case.loss_input(rows)).items():

@@ -43,10 +43,10 @@ def test_every_zero_stage_learns_with_two_learners(ray_local, tiny_model_dir, st
     group = make_group(cfg, tiny_model_dir)
     try:
         batch = fixed_batch(tiny_model_dir)
-        sft_losses = [group.update(batch, lr=1e-2, loss_name="sft")["loss"] for _ in range(6)]
+        sft_losses = [group.update(batch, lr=1e-2, loss_name="sft")[0].loss for _ in range(6)]
         assert sft_losses[-1] < sft_losses[0] - 0.5, sft_losses
         rl = with_old_logprobs(group, fixed_batch(tiny_model_dir, seed=1))
-        pg = [group.update(rl, lr=1e-3)["loss"] for _ in range(4)]
+        pg = [group.update(rl, lr=1e-3)[0].loss for _ in range(4)]
         assert pg[-1] < pg[0] - 0.05, pg
         state = group.policy_weights()
         assert state is not None and all(torch.isfinite(v).all() for v in state.values())
@@ -60,7 +60,7 @@ def one_update(model_dir, world, micro, stage=0, kl=0.0):
     group = make_group(cfg, model_dir)
     try:
         batch = with_old_logprobs(group, fixed_batch(model_dir, n=10))
-        stats = group.update(batch, lr=1e-2)
+        stats, _ = group.update(batch, lr=1e-2)
         return stats, group.policy_weights(), batch
     finally:
         kill(group)
@@ -70,8 +70,8 @@ def test_two_learners_match_one_in_loss_and_weights(ray_local, tiny_model_dir):
     s1, w1, b1 = one_update(tiny_model_dir, world=1, micro=16, kl=0.01)
     s2, w2, b2 = one_update(tiny_model_dir, world=2, micro=16, kl=0.01)
     assert torch.allclose(b1.old_logprobs, b2.old_logprobs, atol=1e-5)
-    assert s1["loss"] == pytest.approx(s2["loss"], abs=1e-4)
-    assert s1["grad_norm"] == pytest.approx(s2["grad_norm"], rel=1e-4)
+    assert s1.loss == pytest.approx(s2.loss, abs=1e-4)
+    assert s1.grad_norm == pytest.approx(s2.grad_norm, rel=1e-4)
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
 
@@ -79,7 +79,7 @@ def test_two_learners_match_one_in_loss_and_weights(ray_local, tiny_model_dir):
 def test_micro_batch_size_does_not_change_the_update(ray_local, tiny_model_dir):
     s_big, w_big, _ = one_update(tiny_model_dir, world=1, micro=16)
     s_small, w_small, _ = one_update(tiny_model_dir, world=1, micro=3)
-    assert s_big["loss"] == pytest.approx(s_small["loss"], abs=1e-5)
+    assert s_big.loss == pytest.approx(s_small.loss, abs=1e-5)
     for k in w_big:
         assert torch.allclose(w_big[k], w_small[k], atol=1e-5), k
 
@@ -93,9 +93,9 @@ def test_uneven_shards_are_padded_without_changing_the_loss(ray_local, tiny_mode
         lp = group.logprobs(SequenceBatch(batch.seqs.input_ids, batch.seqs.attention_mask,
                                           batch.seqs.response_mask, batch.seqs.prompt_width))
         assert lp.old_logprobs.shape == batch.old_logprobs.shape
-        stats = group.update(batch, lr=0.0)
+        stats, _ = group.update(batch, lr=0.0)
         # ratio 1 at lr 0: the PPO loss is -token-mean(A)
         m = batch.seqs.response_mask
-        assert stats["loss"] == pytest.approx(-(batch.advantages * m).sum().item() / m.sum().item(), abs=1e-5)
+        assert stats.loss == pytest.approx(-(batch.advantages * m).sum().item() / m.sum().item(), abs=1e-5)
     finally:
         kill(group)
