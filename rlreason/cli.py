@@ -82,7 +82,7 @@ def _config(args: list[str]):
 
 def cmd_train(args: list[str]) -> int:
     from rlreason.cluster import stop_ray
-    from rlreason.controller import train
+    from rlreason.modes import train
     from rlreason.tracking import default_run_dir
 
     if _wants_help(args):

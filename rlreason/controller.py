@@ -11,13 +11,12 @@ The first five repeat as generation rounds when dynamic sampling refills the bat
 Rollout, reward and learner workers are Ray actors; everything between them is a typed batch.
 Checkpoints hold every registered component's state (rlreason.checkpoint describes the
 protocol); ``trainer.resume`` restores them and the loop continues at the next step.
-Not here on purpose: asynchronous rollouts and multi-turn control flow (each would be a new
-controller file, not flags in this one).
+Pipelined generation (trainer.mode=pipelined) is a second controller, rlreason.pipeline, built from this
+one's ``collect`` and ``learn``. Not here on purpose: multi-turn control flow (a new controller file too).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -47,6 +46,7 @@ class Trainer:
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.unscored_steps = 0  # steps in a row in which no response got a reward score
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
+        self.reader_nodes: Optional[set[str]] = None  # the rollout workers' nodes (first weight sync)
 
     # ---- setup ------------------------------------------------------------------------------
 
@@ -99,8 +99,12 @@ class Trainer:
     # ---- the RL step --------------------------------------------------------------------------
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, t = self.cfg, PhaseTimer()
-        groups = self.collect(step, t)
+        t = PhaseTimer()
+        return self.learn(step, self.collect(step, t), t)
+
+    def learn(self, step: int, groups: Groups, t: PhaseTimer) -> dict[str, float]:
+        """Everything after the rollouts: logprobs, advantages, update, observe, sync, drafter, log."""
+        cfg = self.cfg
         rollout, rewards = groups.rollout, groups.rewards
         rows = [self.train_set.rows[u] for u in groups.uids]
         if len(groups):
@@ -239,7 +243,10 @@ class Trainer:
         return StepUpdate.of(steps, lr_at(self.cfg, self.optimizer_steps - 1), logprobs)
 
     def sync_weights(self, version: int) -> None:
-        self.rollout.load_weights(self.learners.policy_weights(), version)
+        """The learner publishes the policy, the rollout workers load it; only a handle passes here."""
+        if self.reader_nodes is None:
+            self.reader_nodes = self.rollout.nodes()
+        self.rollout.load_weights(self.learners.publish_weights(version, self.reader_nodes), version)
 
     # ---- supervised warm-up -------------------------------------------------------------------
 
@@ -336,6 +343,10 @@ class Trainer:
         return self.run_dir
 
     def close(self) -> None:
+        if getattr(self, "rollout", None) is not None and self.rollout.weights_handle() is not None:
+            from rlreason.workers.weights import remove_files
+
+            remove_files(self.rollout.weights_handle())  # the learner's shared weight files
         if getattr(self, "rewards", None) is not None:
             try:
                 self.rewards.close()
@@ -348,26 +359,3 @@ def with_phase_times(metrics: dict[str, float], timer: PhaseTimer) -> dict[str, 
     """``metrics`` plus the times of ``timer``'s phases, which also count in time/step."""
     extra = {f"time/{k}": v for k, v in timer.times.items()}
     return {**metrics, **extra, "time/step": metrics.get("time/step", 0.0) + sum(timer.times.values())}
-
-
-def train(cfg: RunConfig, run_dir: Optional[str] = None) -> str:
-    from rlreason.tracking import default_run_dir
-
-    run_dir = run_dir or default_run_dir(cfg.recipe, cfg.trainer.output_dir)
-    require_writable(run_dir)
-    return Trainer(cfg, run_dir).fit()
-
-
-def require_writable(run_dir: str) -> None:
-    """Create the run dir and write a probe file there, so a read-only place fails now, in one line."""
-    from rlreason.config import ConfigError
-
-    probe = os.path.join(run_dir, f".write-probe-{os.getpid()}")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"trainer.output_dir={run_dir}: cannot write there ({e.strerror}); "
-                          "give a directory you can write to") from None

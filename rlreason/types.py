@@ -72,6 +72,7 @@ class RolloutBatch:
     gen_seconds: float = 0.0  # wall time of the engine's generate call
     batch_sizes: list[int] = field(default_factory=list)  # live rows per decode step (the long tail)
     stats: dict[str, float] = field(default_factory=dict)  # engine counters (speculative decoding), summed over workers
+    weights_version: int = 0  # the policy version (RL step of its last update) that generated it; oldest worker's
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -97,6 +98,7 @@ class RolloutBatch:
             gen_seconds=max(p.gen_seconds for p in parts),
             batch_sizes=_sum_curves([p.batch_sizes for p in parts]),
             stats={k: sum(p.stats.get(k, 0.0) for p in parts) for k in dict.fromkeys(k for p in parts for k in p.stats)},
+            weights_version=min(p.weights_version for p in parts),
         )
 
     def select(self, rows: Tensor) -> "RolloutBatch":

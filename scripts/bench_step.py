@@ -16,8 +16,10 @@ between steps is left out); start-up is from the process start to the beginning 
 are interleaved (each repetition runs every framework once, in a rotated order), so the machine's
 load hits all of them alike; the summary gives each rlreason mode's speed relative to TRL per
 repetition (TRL s/step / rlreason s/step), as median, min and max. Threads: ``--threads`` torch
-threads per process (1 by default: on 2 shared cores a second OpenMP thread per process mostly
-waits); rlreason's rollout worker and learner are separate processes and get that many each.
+threads per process, for all or per framework; rlreason's rollout worker and learner are separate
+processes and get that many each. The README's table gives each framework its best setting for 2
+cores: TRL and synchronous rlreason 2 (one phase runs at a time), pipelined rlreason 1 per actor
+(generation and training run at the same time, one core each).
 
 Peak RSS is sampled every 0.2 s over the whole process tree (Ray's workers included) and also
 given for the driver alone (``driver_peak_rss_mb``).
@@ -157,11 +159,12 @@ def run_trl(args) -> dict:
 
 def run_rlreason(args, pipelined: bool) -> dict:
     from rlreason.config import load_config
-    from rlreason.controller import Trainer
+    from rlreason.modes import MODES
 
     marks: dict = {"begin": None, "ends": []}
+    mode = "pipelined" if pipelined else "sync"
 
-    class Timed(Trainer):
+    class Timed(MODES[mode]):
         def step(self, step):
             marks["begin"] = marks["begin"] or time.time()
             return super().step(step)
@@ -180,8 +183,7 @@ def run_rlreason(args, pipelined: bool) -> dict:
         f"reward.functions=[{{name: '{reward}'}}]", f"rollout.threads={args.threads}",
         f"learner.threads={args.threads}", "reward.processes=1",
     ]
-    if pipelined:
-        overrides.append("trainer.mode=pipelined")
+    overrides.append(f"trainer.mode={mode}")
     run_dir = tempfile.mkdtemp(prefix="bench-rlreason-")
     Timed(load_config(overrides), run_dir).fit()
     out = summarise(marks["begin"], marks["ends"], args.launched)
@@ -202,11 +204,19 @@ def worker(args) -> None:
 
 # ---- the driver ---------------------------------------------------------------------------------
 
+def threads_for(spec: str, framework: str) -> int:
+    """``spec``: "N" for every framework, or "name=N,..." (a framework not named gets 1)."""
+    if "=" not in spec:
+        return int(spec)
+    return int(dict(x.split("=") for x in spec.split(",")).get(framework, 1))
+
+
 def launch(framework: str, model: str, data: str, args) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+    threads = threads_for(args.threads, framework)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--data", data,
-           "--steps", str(args.steps), "--threads", str(args.threads), "--launched", repr(time.time())]
+           "--steps", str(args.steps), "--threads", str(threads), "--launched", repr(time.time())]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
     if line is None:
@@ -236,7 +246,8 @@ def main() -> None:
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", default="1", help="torch threads per process: N, or per framework, e.g. "
+                   "trl=2,rlreason=2,rlreason-pipelined=1")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "rlreason-bench-step"))
     p.add_argument("--timeout-s", type=float, default=1800)
     p.add_argument("--smoke", action="store_true", help="the tiny model, 2 steps, one repetition")
@@ -246,6 +257,7 @@ def main() -> None:
     p.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        args.threads = int(args.threads)
         return worker(args)
     if args.smoke:
         args.sizes, args.steps, args.reps = "tiny", 2, 1
@@ -257,7 +269,8 @@ def main() -> None:
         for rep in range(args.reps):
             order = frameworks[rep % len(frameworks):] + frameworks[:rep % len(frameworks)]
             for framework in order:
-                result = {"size": size, "rep": rep, "framework": framework, **launch(framework, model, data, args)}
+                result = {"size": size, "rep": rep, "framework": framework,
+                          "threads": threads_for(args.threads, framework), **launch(framework, model, data, args)}
                 print(json.dumps(result), flush=True)
                 runs.append(result)
     print(json.dumps({"summary": ratios(runs, args.reps), "threads": args.threads, "steps": args.steps}), flush=True)

@@ -33,7 +33,7 @@ import sys
 def run_training(out: str, steps: int, overrides: list[str]) -> str:
     from rlreason.config import load_config
     from rlreason.config.validate import validate
-    from rlreason.controller import train
+    from rlreason.modes import train
 
     cfg = load_config(["recipe=quickstart", "rollout.spec.enable=true", "rollout.spec.train.track_frozen=true",
                        f"trainer.total_steps={steps}", f"trainer.output_dir={out}", "trainer.progress=false",

@@ -29,12 +29,13 @@ def fixed_batch(model_dir, n=12, seed=0) -> TrainBatch:
 def bare_learner(cfg, model):
     """A LearnerWorker without DeepSpeed: the plain model stands in for the engine (same forward)."""
     from rlreason.rollout.sampling import logprob_temperature
-    from rlreason.workers.learner import LearnerWorker
+    from rlreason.workers.learner import LearnerWorker, rollout_is_cap
 
     worker = LearnerWorker.__new__(LearnerWorker)
     worker.cfg, worker.device, worker.engine, worker.ref = cfg, "cpu", model, None
     worker.rank, worker.world_size = 0, 1
     worker.temperature = logprob_temperature(cfg.rollout.temperature)
+    worker.is_cap = rollout_is_cap(cfg)
     return worker
 
 

@@ -51,15 +51,18 @@ def rows(run_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """(straight run dir, killed-and-resumed run dir, resume log)."""
-    tmp = tmp_path_factory.mktemp("resume")
+    return straight_and_resumed(tmp_path_factory.mktemp("resume"))
+
+
+def straight_and_resumed(tmp, *extra):
     (tmp / "short.py").write_text(REWARD)
     straight, crashed = tmp / "straight", tmp / "crashed"
-    out = subprocess.run(rlreason_cmd("train", *args(tmp, straight)), capture_output=True, text=True, env=ENV,
+    out = subprocess.run(rlreason_cmd("train", *args(tmp, straight, *extra)), capture_output=True, text=True, env=ENV,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
     # the same run, killed with SIGKILL as soon as its step-2 checkpoint is complete
-    proc = subprocess.Popen(rlreason_cmd("train", *args(tmp, crashed)), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(rlreason_cmd("train", *args(tmp, crashed, *extra)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
     latest = crashed / "checkpoints" / "latest"
     deadline = time.time() + 600
@@ -76,14 +79,26 @@ def runs(tmp_path_factory):
             os.kill(pid, signal.SIGKILL)
     assert len(rows(crashed)) < 4 and latest.read_text().strip() == "step_2"
 
-    resumed = subprocess.run(rlreason_cmd("train", *args(tmp, crashed, "trainer.resume=auto")), capture_output=True,
+    resumed = subprocess.run(rlreason_cmd("train", *args(tmp, crashed, *extra, "trainer.resume=auto")), capture_output=True,
                              text=True, env=ENV, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return straight, crashed, resumed.stdout + resumed.stderr
 
 
 def test_killed_and_resumed_run_matches_the_straight_run_row_by_row(runs):
-    straight, crashed, log = runs
+    same_rows(*runs)
+
+
+def test_pipelined_run_resumes_exactly(tmp_path_factory):
+    """trainer.mode=pipelined: the pipeline drains before each checkpoint, so kill -9 and resume give the
+    straight run's rows; steps 2 and 4 were generated one update behind the learner (rollout/staleness 1)."""
+    straight, crashed, log = straight_and_resumed(tmp_path_factory.mktemp("pipelined"), "trainer.mode=pipelined")
+    same_rows(straight, crashed, log)
+    assert [r["rollout/staleness"] for r in rows(straight)] == [0.0, 1.0, 0.0, 1.0]
+    assert all(r["rollout_is/weight"] > 0 for r in rows(straight))
+
+
+def same_rows(straight, crashed, log):
     assert "resumed from" in log and "step_2" in log
     a, b = rows(straight), rows(crashed)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]

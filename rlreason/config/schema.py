@@ -225,6 +225,10 @@ class AlgorithmConfig:
     estimators subtract the response's sum from R; the KL loss term is then off."""
     adv_clip: Optional[float] = None
     """Clip advantages to [-adv_clip, adv_clip] after the estimator (GDRO: 5); null = off."""
+    rollout_is_cap: Optional[float] = None
+    """Truncated importance sampling for the gap between the policy that generated the rollouts and
+    π_old (trainer.mode=pipelined: one update behind): each token's loss is multiplied by
+    min(π_old / π_rollout, cap), detached. null = 2.0 in pipelined mode, off otherwise; 0 = off."""
     sft_coef: float = 0.0
     """SFT term on correct rollouts (Klear-Reasoner, 0.1): loss += coef · Agg(-log π) over the responses
     the verifier marked correct, aggregated like the policy loss with those responses' own counts."""
@@ -352,6 +356,11 @@ class TrainerConfig:
     """Evaluate on the validation set (``eval.*``) every N steps, logged as eval/... (0 = never)."""
     progress: bool = True
     """Show a progress bar on the console."""
+    mode: str = "sync"
+    """sync (generate, then train: the default) | pipelined (rollouts of step t+1 are generated while the
+    learner trains on step t, with weights at most ``max_staleness`` updates old; rlreason.pipeline)."""
+    max_staleness: int = 1
+    """pipelined: how many optimizer updates behind the learner the generating weights may be (>= 1)."""
 
 
 @dataclass

@@ -201,6 +201,9 @@ def _check_rewards(cfg: RunConfig) -> None:
     _require(cfg.reward.extra_processes >= 0, f"reward.extra_processes must be >= 0, got {cfg.reward.extra_processes}")
 
 
+TRAINER_MODES = ("sync", "pipelined")  # rlreason.modes.MODES
+
+
 def _check_trainer(cfg: RunConfig) -> None:
     t = cfg.trainer
     _require(t.total_steps >= 0, f"trainer.total_steps must be >= 0, got {t.total_steps}")
@@ -210,6 +213,29 @@ def _check_trainer(cfg: RunConfig) -> None:
     _require(t.sft.steps == 0 or (math.isfinite(t.sft.lr) and t.sft.lr > 0),
              f"trainer.sft.lr must be a finite number > 0, got {t.sft.lr}")
     _require(t.save_every >= 0, f"trainer.save_every must be >= 0, got {t.save_every}")
+    _require(t.mode in TRAINER_MODES, f"trainer.mode={t.mode!r}: use one of {', '.join(TRAINER_MODES)}")
+    cap = cfg.algorithm.rollout_is_cap
+    _require(cap is None or (math.isfinite(cap) and cap >= 0),
+             f"algorithm.rollout_is_cap must be >= 0 (0 = off) or null (auto), got {cap}")
+    if t.mode == "pipelined":
+        _check_pipelined(cfg)
+
+
+def _check_pipelined(cfg: RunConfig) -> None:
+    """What pipelined generation (rlreason.pipeline) cannot run, with the reason."""
+    from rlreason.data.sampler import SAMPLERS
+    from rlreason.sampling.base import Sampler
+
+    t = cfg.trainer
+    _require(t.max_staleness >= 1, f"trainer.max_staleness={t.max_staleness}: pipelined mode generates at least one "
+                                   "step ahead (>= 1); trainer.mode=sync is the loop without staleness")
+    _require(not cfg.rollout.spec.enable,
+             "trainer.mode=pipelined with rollout.spec.enable=true: the drafter trains on the rollout workers between "
+             "steps, which pipelined generation keeps busy; use trainer.mode=sync")
+    sampler = SAMPLERS.get(cfg.sampling.sampler)
+    _require(getattr(sampler, "observe", Sampler.observe) is Sampler.observe,
+             f"trainer.mode=pipelined with sampling.sampler={cfg.sampling.sampler}: this sampler learns from each "
+             "update before its next draw, which pipelined generation makes ahead of the update; use trainer.mode=sync")
 
 
 def _check_operations(cfg: RunConfig) -> None:

@@ -14,6 +14,7 @@ from rlreason.config.schema import RunConfig
 from rlreason.types import (GenerationRequest, LogprobResult, RewardResult, RolloutBatch, SamplingParams,
                             ScoreRequest, SequenceBatch, TrainBatch, UpdateStats)
 from rlreason.workers import plan
+from rlreason.workers.weights import WeightsHandle
 
 
 def _ray():
@@ -74,9 +75,20 @@ class RolloutGroup:
             calls.append((w, lambda a, req=req: a.generate.remote(req)))
         return RolloutBatch.concat(self.supervisor.run(calls))  # a dead worker's share is redone
 
-    def load_weights(self, state: dict, version: int) -> None:
-        self._weights = (_ray().put(state), version)  # one copy in the object store, read by every worker
+    def load_weights(self, state, version: int) -> None:
+        """Every worker loads ``state``: a handle the learner published (rlreason.workers.weights: the
+        weights skip the driver) or a state dict (put once into the object store)."""
+        self._weights = (state if isinstance(state, WeightsHandle) else _ray().put(state), version)
         self.supervisor.run([(w, lambda a: a.load_weights.remote(*self._weights)) for w in range(len(self.actors))])
+
+    def weights_handle(self) -> Optional[WeightsHandle]:
+        """The handle of the weights the workers hold, when the learner published them."""
+        held = self._weights[0] if self._weights else None
+        return held if isinstance(held, WeightsHandle) else None
+
+    def nodes(self) -> set[str]:
+        """The Ray nodes the workers run on."""
+        return set(_ray().get([a.node.remote() for a in self.actors]))
 
     def _catch_up(self, w: int) -> None:
         """A restarted worker holds the initial model: load the current weights before it works again."""
@@ -150,6 +162,7 @@ class LearnerGroup:
         wait_ready(self.actors, "learner", cfg.cluster.init_timeout_s)
         self.world = world
         self.micro = cfg.learner.micro_batch_size
+        self.node: Optional[str] = None  # rank 0's Ray node (asked at the first weight sync)
 
     def logprobs(self, seqs: SequenceBatch, policy: bool = True) -> LogprobResult:
         """Log-probs and entropy under the current policy (``policy``), and reference log-probs with a
@@ -173,6 +186,13 @@ class LearnerGroup:
 
     def reset_reference(self) -> None:
         _ray().get([a.reset_reference.remote() for a in self.actors])
+
+    def publish_weights(self, version: int, reader_nodes: set[str]) -> WeightsHandle:
+        """Rank 0 publishes the policy for readers on ``reader_nodes`` (the driver gets a handle only)."""
+        if self.node is None:
+            self.node = _ray().get(self.actors[0].node.remote())
+        remote = bool(reader_nodes - {self.node})
+        return _ray().get([a.publish_weights.remote(version, remote) for a in self.actors])[0]
 
     def policy_weights(self) -> dict:
         """Full policy weights on the driver (for the weight sync and export)."""

@@ -22,6 +22,7 @@ from rlreason.algorithms import POLICY_LOSSES
 from rlreason.algorithms.aggregation import AggContext, aggregate
 from rlreason.algorithms.base import LossInput
 from rlreason.algorithms.kl import KL_ESTIMATORS
+from rlreason.algorithms.rollout_correction import rollout_is_weights
 from rlreason.config.schema import RunConfig
 from rlreason.kernels.lm_head import model_logprobs_entropy
 from rlreason.models import load_model
@@ -30,6 +31,7 @@ from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch, UpdateStats
 from rlreason.workers import plan
+from rlreason.workers.weights import WeightsHandle, WeightsPublisher, node_id
 
 
 def _plain_fp32(cfg: RunConfig) -> bool:
@@ -51,6 +53,14 @@ def deepspeed_config(cfg: RunConfig) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def rollout_is_cap(cfg: RunConfig) -> float:
+    """The truncation of the rollout importance weights (algorithm.rollout_is_cap; 0 = off)."""
+    cap = cfg.algorithm.rollout_is_cap
+    if cap is None:
+        return 2.0 if cfg.trainer.mode == "pipelined" else 0.0
+    return float(cap)
 
 
 def lr_at(cfg: RunConfig, step: int) -> float:
@@ -97,6 +107,8 @@ class LearnerWorker:
         POLICY_LOSSES.entry(cfg.algorithm.loss)  # fail here, naming the loss, if it does not resolve
         self.temperature = logprob_temperature(cfg.rollout.temperature)
         self.optimizer_steps = 0
+        self.is_cap = rollout_is_cap(cfg)
+        self.publisher: Optional[WeightsPublisher] = None  # rank 0's shared weight files (first publish)
 
     def ready(self) -> bool:
         return True
@@ -252,9 +264,14 @@ class LearnerWorker:
         inp = self._loss_input(mb, lp, ent if need_entropy else None, terms.step_sums)
         ref = inp.ref_logprobs
         out = loss_fn(inp, **kwargs)
-        policy_loss = aggregate(out.token_loss, mask, terms.policy_ctx)
+        token_loss, token_sums = out.token_loss, {}
+        if regularise and self.is_cap:  # rollouts from an older policy (pipelined): truncated IS to π_old
+            weight, truncated = rollout_is_weights(inp.old_logprobs, mb.rollout_logprobs.to(self.device), self.is_cap)
+            token_loss = token_loss * weight
+            token_sums["rollout_is/weight"] = (weight * mask).sum().item()
+            token_sums["rollout_is/truncated"] = (truncated * mask).sum().item()
+        policy_loss = aggregate(token_loss, mask, terms.policy_ctx)
         loss = policy_loss
-        token_sums = {}
         if regularise and ref is not None:
             kl = KL_ESTIMATORS[a.kl_estimator](lp, ref)
             if a.kl_coef > 0 and not a.kl_in_reward:  # with kl_in_reward the KL went into the advantages
@@ -283,6 +300,30 @@ class LearnerWorker:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 return self._cpu_state(module) if self.rank == 0 else None
         return self._cpu_state(module) if self.rank == 0 else None
+
+    def publish_weights(self, version: int, remote_readers: bool) -> Optional[WeightsHandle]:
+        """Publish the policy for the rollout workers (rlreason.workers.weights); rank 0 returns the
+        handle. Every rank must call (ZeRO-3 gathers)."""
+        module = self.engine.module
+        if self.cfg.learner.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return self._publish(module.state_dict(), version, remote_readers) if self.rank == 0 else None
+        return self._publish(module.state_dict(), version, remote_readers) if self.rank == 0 else None
+
+    def _publish(self, state: dict[str, Tensor], version: int, remote_readers: bool) -> WeightsHandle:
+        if self.publisher is None:
+            tr = self.cfg.trainer  # pipelined: loads queue behind up to max_staleness generations
+            self.publisher = WeightsPublisher(slots=tr.max_staleness + 1 if tr.mode == "pipelined" else 2)
+        handle = self.publisher.publish(state, version, remote_readers)
+        if self.publisher.note:
+            print(f"rlreason learner: {self.publisher.note}", flush=True)
+            self.publisher.note = None
+        return handle
+
+    def node(self) -> str:
+        return node_id()
 
     @staticmethod
     def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 
 from rlreason.config.schema import RunConfig
 from rlreason.models import load_model, load_tokenizer
 from rlreason.types import GenerationRequest, RolloutBatch, TokenScoreRequest, TokenScoreResult
 from rlreason.workers.drafter import DrafterHost, trains_drafter
+from rlreason.workers.weights import WeightsHandle, node_id, read
 
 
 class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's calls (rollout.spec)
@@ -43,7 +46,9 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
 
     def generate(self, req: GenerationRequest) -> RolloutBatch:
         self.spot_halt()  # the drafter's spot training yields the worker (rollout.spec.train.mode=spot)
-        return self.engine.generate(req)
+        out = self.engine.generate(req)
+        out.weights_version = self.weights_version
+        return out
 
     def score_tokens(self, req: TokenScoreRequest) -> TokenScoreResult:
         """Log-probs of text continuations under the current policy (model rewards, e.g. likelihood)."""
@@ -52,9 +57,15 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
 
         return continuation_logprobs(self.engine.model, self.engine.tokenizer, req)
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        """Replace the policy weights (called at every step boundary); returns the new version."""
+    def node(self) -> str:
+        return node_id()
+
+    def load_weights(self, state: Union[WeightsHandle, dict[str, torch.Tensor]], version: int) -> int:
+        """Replace the policy weights (called at every step boundary): a published handle (rlreason.workers.weights)
+        or a state dict; returns the new version."""
         self.spot_halt()
+        if isinstance(state, WeightsHandle):
+            state = read(state)
         self.engine.load_state_dict(state)
         if self.own_copy:
             self.drafter_target.load_state_dict(state, strict=True)
