@@ -36,6 +36,12 @@ class PipelinedTrainer(Trainer):
         self.loads: list[Future] = []
         super().setup()
 
+    def busy_at_once(self) -> tuple[int, int]:
+        """Generation and training run at the same time: automatic thread counts split the CPUs between
+        every rollout worker and learner (on 2 cores, one each)."""
+        both = self.cfg.rollout.workers + self.cfg.learner.world_size
+        return both, both
+
     def step(self, step: int) -> dict[str, float]:
         if not self.ahead:  # the first step, and the first after a drain: nothing was collected ahead
             self._submit(step)

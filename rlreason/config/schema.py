@@ -151,7 +151,8 @@ class RolloutConfig:
     batch_size: int = 0
     """Max sequences decoded together per worker (0 = all of the worker's share at once)."""
     threads: int = 0
-    """torch threads in each rollout actor (0 = all CPUs of the machine / workers)."""
+    """torch threads in each rollout actor (0 = all CPUs of the machine / workers; trainer.mode=pipelined:
+    / (workers + learner.world_size), as generation and training then run at once)."""
     spec: SpecConfig = field(default_factory=SpecConfig)
     """Speculative decoding (``rollout.spec.enable=true``)."""
 
@@ -309,7 +310,8 @@ class LearnerConfig:
     epochs: int = 1
     """Passes over the step's batch (PPO epochs)."""
     threads: int = 0
-    """torch threads per learner actor (0 = CPUs of the machine / world_size)."""
+    """torch threads per learner actor (0 = CPUs of the machine / world_size; pipelined: / (world_size +
+    rollout.workers))."""
     reuse_logprobs: bool = True
     """When the RL step is one on-policy optimizer update (epochs=1, updates_per_step=1), take π_old's
     log-probs from the update's own forward instead of a separate pass (exact; rlreason.batches)."""
