@@ -77,13 +77,15 @@ class Trainer:
         with timer("ray"):
             cpus = start_ray(cfg.cluster)
             placement = build_placement(cfg)  # slots for learners and rollout workers (cluster.placement)
-        with timer("workers"):
+        with timer("workers"):  # every group starts at once (each actor loads its libraries and model)
             rollout_share, learner_share = self.busy_at_once()
             self.rollout = RolloutGroup(cfg, self.model_path, threads_per_actor(cfg.rollout.threads, cpus, rollout_share),
-                                        placement)
-            self.rewards = RewardGroup(cfg, self.rollout.actors)  # rollout actors score model rewards
+                                        placement, wait=False)
             self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, learner_share),
-                                         placement)
+                                         placement, wait=False)
+            self.rewards = RewardGroup(cfg, self.rollout.actors)  # rollout actors score model rewards
+            self.rollout.ready()
+            self.learners.ready()
         self.evaluator = self.build_evaluator()
         self.drafter = self.build_drafter()
         # what a checkpoint holds, restored in this order (protocol: rlreason.checkpoint)

@@ -114,12 +114,12 @@ class NativeEngine:
         return res
 
     def _prefill(self, prompts: list[list[int]]) -> "DecodeState":
-        from transformers import DynamicCache
+        from rlreason.rollout.kv_cache import GrowingCache
 
         ids, mask = left_pad(prompts, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = GrowingCache()  # appends in place (DynamicCache copies the whole cache every step)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          **{self.cache_arg: cache}, use_cache=True)
         return DecodeState(cache, mask, positions[:, -1] + 1, torch.arange(len(prompts)), out.logits[:, -1])

@@ -48,7 +48,8 @@ def even_chunks(n: int, parts: int) -> list[range]:
 
 
 class RolloutGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None):
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None, wait: bool = True):
+        """``wait=False``: return once the actors are asked for; ``ready()`` waits (start groups side by side)."""
         from rlreason.cluster import Placement
         from rlreason.faults import Supervisor
         from rlreason.workers.rollout import RolloutWorker
@@ -57,11 +58,16 @@ class RolloutGroup:
         actor = _ray().remote(RolloutWorker)
         self.actors = [actor.options(**placement.options("rollout", w)).remote(cfg, model_path, threads, w)
                        for w in range(cfg.rollout.workers)]
-        wait_ready(self.actors, "rollout", cfg.cluster.init_timeout_s)
+        self.timeout_s = cfg.cluster.init_timeout_s
+        if wait:
+            self.ready()
         self._weights = None  # (object ref, version) of the weights the workers hold, for restarted ones
         self.on_restart: list = []  # more catch-up calls for a restarted worker w (e.g. the drafter's)
         self.supervisor = Supervisor(self.actors, "rollout", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s,
                                      on_restart=self._catch_up)
+
+    def ready(self) -> None:
+        wait_ready(self.actors, "rollout", self.timeout_s)
 
     def generate(self, prompts: list[list[int]], group_sizes: list[int], sampling: SamplingParams,
                  seed: int) -> RolloutBatch:
@@ -145,7 +151,8 @@ class RewardGroup:
 
 
 class LearnerGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None):
+    def __init__(self, cfg: RunConfig, model_path: str, threads: int, placement=None, wait: bool = True):
+        """``wait=False``: return once the actors are asked for; ``ready()`` waits (start groups side by side)."""
         from rlreason.cluster import Placement, master_address
         from rlreason.workers.extensions import prepare_extensions_dir
         from rlreason.workers.learner import LearnerWorker
@@ -159,10 +166,15 @@ class LearnerGroup:
         self.actors = [actor.options(**placement.options("learner", rank)).remote(cfg, model_path, rank, world,
                                                                                   master, threads)
                        for rank in range(world)]
-        wait_ready(self.actors, "learner", cfg.cluster.init_timeout_s)
+        self.timeout_s = cfg.cluster.init_timeout_s
+        if wait:
+            self.ready()
         self.world = world
         self.micro = cfg.learner.micro_batch_size
         self.node: Optional[str] = None  # rank 0's Ray node (asked at the first weight sync)
+
+    def ready(self) -> None:
+        wait_ready(self.actors, "learner", self.timeout_s)
 
     def logprobs(self, seqs: SequenceBatch, policy: bool = True) -> LogprobResult:
         """Log-probs and entropy under the current policy (``policy``), and reference log-probs with a
