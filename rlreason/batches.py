@@ -108,19 +108,6 @@ def with_counts(batch: TrainBatch, count_empty_seqs: bool = False) -> TrainBatch
     return batch
 
 
-def mini_batches(batch: TrainBatch, parts: int, generator: torch.Generator, count_empty_seqs: bool) -> list[TrainBatch]:
-    """Split a step's batch into ``parts`` shuffled optimizer steps, each with its own global counts."""
-    if parts == 1:
-        return [batch]
-    if batch.keep_groups:  # whole groups per mini-batch: the loss couples a prompt's responses (DRPO)
-        groups = batch.group_index.unique()
-        order = groups[torch.randperm(len(groups), generator=generator)]
-        return [with_counts(batch.rows(torch.isin(batch.group_index, part).nonzero().squeeze(1)), count_empty_seqs)
-                for part in order.tensor_split(parts)]
-    order = torch.randperm(len(batch), generator=generator)
-    return [with_counts(batch.rows(idx), count_empty_seqs) for idx in order.tensor_split(parts)]
-
-
 def sft_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> TrainBatch:
     """A TrainBatch for supervised warm-up: prompt -> demonstration (advantages unused)."""
     pids, pmask = left_pad(prompt_ids, pad_id)

@@ -36,7 +36,8 @@ config sections:
   algorithm  advantage, loss, kl_coef, kl_estimator, agg_mode
   sampling   prompt sampler (GDRO), dynamic sampling, DOT, token_budget
   learner    DeepSpeed learners: world_size, zero_stage, lr, micro_batch_size, updates_per_step, epochs
-  trainer    total_steps, seed, output_dir, save_every, save_final, resume, eval_every, sft (warm-up), loggers
+  trainer    total_steps, seed, output_dir, save_every, save_final, resume, eval_every, sft (warm-up), loggers,
+             mode (sync | pipelined: generation overlaps training), max_staleness
   cluster    Ray: address, num_cpus, placement, gpus_per_node
   eval       what `rlreason eval` measures: k, temperature, max_new_tokens, max_prompts
 """

@@ -33,6 +33,7 @@ from rlreason.sampling.dot import build_shaper
 from rlreason.sampling.dynamic import build_dynamic_sampling
 from rlreason.tracking import PhaseTimer, RunLog
 from rlreason.types import LogprobResult, RolloutBatch, SamplingParams, SequenceBatch, StepUpdate, TrainBatch
+from rlreason.workers import plan
 from rlreason.workers.learner import lr_at
 
 
@@ -243,8 +244,8 @@ class Trainer:
         lr_cfg = self.cfg.learner
         steps, logprobs = [], None
         for _ in range(lr_cfg.epochs):
-            for mb in batches.mini_batches(batch, lr_cfg.updates_per_step, self.generator,
-                                           self.cfg.algorithm.count_empty_seqs):
+            for mb in plan.mini_batches(batch, lr_cfg.updates_per_step, self.generator,
+                                        self.cfg.algorithm.count_empty_seqs):
                 stats, logprobs = self.learners.update(mb, lr=lr_at(self.cfg, self.optimizer_steps))
                 self.optimizer_steps += 1
                 steps.append(stats)

@@ -95,6 +95,6 @@ class PipelinedTrainer(Trainer):
 
     def close(self) -> None:
         pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:  # a collection in flight ends with the Ray session (Ctrl-C must not wait for it)
+            pool.shutdown(wait=False, cancel_futures=True)
         super().close()

@@ -1,6 +1,10 @@
-"""The update plan: which rows each learner rank runs, in which micro-batches; decided on the driver.
+"""The update plan, decided on the driver: the optimizer steps of an RL step, and which rows each
+learner rank runs in which micro-batches.
 
-One plan serves the log-prob pass and every optimizer step:
+- **Optimizer steps** (``mini_batches``): ``learner.updates_per_step`` shuffled parts of the step's
+  batch, each with its own global counts; whole groups for a loss with the ``keep_groups`` trait.
+
+One rank plan serves the log-prob pass and every optimizer step:
 
 - **Buckets by length.** Rows (or, for a loss with the ``keep_groups`` trait such as DRPO, whole
   groups) are sorted by their real token count, longest first, and dealt to the rank with the fewest
@@ -25,6 +29,7 @@ from typing import Optional, TypeVar, Union
 import torch
 from torch import Tensor
 
+from rlreason.batches import with_counts
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
 
 Rows = TypeVar("Rows", SequenceBatch, TrainBatch)
@@ -41,6 +46,19 @@ class RankShare:
     def micro_rows(self) -> list[Tensor]:
         """The row indices of each micro-batch of real rows (padding ones are one row each, last)."""
         return list(self.rows.split(self.micro_sizes))[:len(self.micro_sizes) - (len(self.rows) - self.real)]
+
+
+def mini_batches(batch: TrainBatch, parts: int, generator: torch.Generator, count_empty_seqs: bool) -> list[TrainBatch]:
+    """Split a step's batch into ``parts`` shuffled optimizer steps, each with its own global counts."""
+    if parts == 1:
+        return [batch]
+    if batch.keep_groups:  # whole groups per mini-batch: the loss couples a prompt's responses (DRPO)
+        groups = batch.group_index.unique()
+        order = groups[torch.randperm(len(groups), generator=generator)]
+        return [with_counts(batch.rows(torch.isin(batch.group_index, part).nonzero().squeeze(1)), count_empty_seqs)
+                for part in order.tensor_split(parts)]
+    order = torch.randperm(len(batch), generator=generator)
+    return [with_counts(batch.rows(idx), count_empty_seqs) for idx in order.tensor_split(parts)]
 
 
 def plan(lengths: Tensor, world: int, micro: int, group_index: Optional[Tensor] = None) -> list[RankShare]:

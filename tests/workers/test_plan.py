@@ -6,7 +6,7 @@ that keep groups whole."""
 import pytest
 import torch
 
-from rlreason.batches import mini_batches, with_counts
+from rlreason.batches import with_counts
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch
 from rlreason.workers import plan
 
@@ -94,7 +94,7 @@ def test_trimmed_micro_batch_has_the_padded_log_probs(tiny_model_dir):
 
 def test_mini_batches_keep_groups_whole():
     batch = batch_of([4, 4, 1, 6, 3, 2, 5])
-    parts = mini_batches(batch, 3, torch.Generator().manual_seed(0), count_empty_seqs=False)
+    parts = plan.mini_batches(batch, 3, torch.Generator().manual_seed(0), count_empty_seqs=False)
     assert sum(len(p) for p in parts) == len(batch)
     for p in parts:
         assert p.keep_groups
