@@ -228,23 +228,48 @@ def spec_stats_delta(before: dict[str, Any], after: dict[str, Any], emitted: int
 
 def weight_buckets(named: Iterable[tuple[str, Tensor]],
                    max_bytes: int = BUCKET_BYTES) -> list[list[tuple[str, Tensor]]]:
-    """Split (name, tensor) pairs, in order, into buckets of at most ``max_bytes`` each.
+    """Split (name, tensor) pairs, in order, into buckets of at most ``max_bytes`` each, cut only
+    between modules: every tensor of one decoder layer (``...layers.<i>.``), or of one other module,
+    is in the same bucket.
 
-    A tensor larger than the cap gets a bucket of its own (it is never split: vLLM loads whole
-    parameters). Bounds the staging memory of one transfer round.
+    vLLM reloads layer by layer and holds what it received until a layer is complete (its q/k/v and
+    gate/up are stacked there), so a layer split across two rounds would be read after the first
+    round's staging memory was released. A module larger than the cap gets a bucket of its own.
+    Bounds the staging memory of one transfer round.
     """
     if max_bytes <= 0:
         raise ValueError(f"bucket size must be > 0 bytes, got {max_bytes}")
     buckets: list[list[tuple[str, Tensor]]] = []
     size = 0
-    for name, t in named:
-        nbytes = t.numel() * t.element_size()
+    for unit in _module_units(named):
+        nbytes = sum(t.numel() * t.element_size() for _, t in unit)
         if not buckets or (size + nbytes > max_bytes and buckets[-1]):
             buckets.append([])
             size = 0
-        buckets[-1].append((name, t))
+        buckets[-1].extend(unit)
         size += nbytes
     return buckets
+
+
+def _module_units(named: Iterable[tuple[str, Tensor]]) -> list[list[tuple[str, Tensor]]]:
+    """Consecutive tensors grouped by module: a decoder layer (``layers.<i>``) or a tensor's parent."""
+    units: list[list[tuple[str, Tensor]]] = []
+    last = None
+    for name, t in named:
+        key = _module_key(name)
+        if key != last or not units:
+            units.append([])
+            last = key
+        units[-1].append((name, t))
+    return units
+
+
+def _module_key(name: str) -> str:
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("layers", "h", "blocks") and parts[i + 1].isdigit():
+            return ".".join(parts[:i + 2])
+    return ".".join(parts[:-1]) or name  # a top-level tensor is a module of its own
 
 
 def nccl_update_info(bucket: list[tuple[str, Tensor]]) -> dict[str, Any]:
@@ -253,16 +278,21 @@ def nccl_update_info(bucket: list[tuple[str, Tensor]]) -> dict[str, Any]:
             "shapes": [list(t.shape) for _, t in bucket]}
 
 
-def ipc_update_info(bucket: list[tuple[str, Tensor]], device: int = 0) -> dict[str, Any]:
-    """One CUDA-IPC round (``IPCWeightTransferUpdateInfo``): the metadata plus a handle per tensor on this GPU.
+def ipc_update_info(bucket: list[tuple[str, Tensor]], device: int = 0, reduce=None) -> dict[str, Any]:
+    """One CUDA-IPC round (``IPCWeightTransferUpdateInfo``): the metadata plus, per tensor, a map from
+    this GPU's UUID to the arguments of ``rebuild_cuda_tensor``.
 
-    The tensors must stay alive until ``update_weights`` returns (the caller holds the bucket).
+    Only the arguments: vLLM's receiver (``IPCWeightTransferEngine.receive_weights``, 0.28 and later)
+    calls ``rebuild_cuda_tensor(*args)`` itself after setting ``args[6]`` to its own device index.
+    ``reduce``: torch's ``reduce_tensor`` (a parameter for the tests). The tensors must stay alive until
+    the round is finished (the caller holds the bucket).
     """
     from torch.multiprocessing.reductions import reduce_tensor
 
+    reduce = reduce or reduce_tensor
     uuid = str(torch.cuda.get_device_properties(device).uuid)
     info = nccl_update_info(bucket)
-    info["ipc_handles"] = [{uuid: reduce_tensor(t.detach().contiguous())} for _, t in bucket]
+    info["ipc_handles"] = [{uuid: tuple(reduce(t.detach().contiguous())[1])} for _, t in bucket]
     return info
 
 

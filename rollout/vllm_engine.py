@@ -5,9 +5,9 @@ the native engine, plus ``load_drafter_state`` (drafter refresh), ``set_k_table`
 (the selector's batch-size -> K table) and ``sleep`` / ``wake_up`` (colocated placement). Only
 vLLM's public surface is used: ``LLM(..., speculative_config=...)``, ``SamplingParams``,
 ``LLM.get_metrics()``, the weight-transfer calls (``start_weight_update``,
-``start_draft_weight_update``, ``update_weights``, ``finish_weight_update``; vLLM >= ~0.28; older
-versions: ``weight_backend="load_weights"`` goes through ``collective_rpc`` into the model's
-``load_weights``), ``reset_prefix_cache`` and ``sleep`` / ``wake_up``. The translations live in
+``start_draft_weight_update``, ``update_weights``, ``finish_weight_update``: vLLM 0.28 and later,
+which the gpu extra requires; an older vLLM is refused at build), ``reset_prefix_cache`` and
+``sleep`` / ``wake_up``. The translations live in
 ``vllm_convert.py``; vllm itself is imported only in ``VLLMEngine.build``.
 
 What vLLM does not offer, and what this engine does instead:
@@ -79,7 +79,6 @@ class VLLMSettings:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5  # colocated with a learner by default
     enable_sleep_mode: bool = True
-    weight_backend: str = "ipc"  # ipc (weight-transfer API, same GPU) | load_weights (collective_rpc)
     bucket_bytes: int = BUCKET_BYTES
     stage_device: str = "cuda"  # where a bucket is staged for its IPC handles
     max_model_len: Optional[int] = None
@@ -120,19 +119,18 @@ class VLLMEngine:
 
         import vllm
 
-        if settings.weight_backend == "ipc" and not hasattr(vllm.LLM, "update_weights"):
-            settings = replace(settings, weight_backend="load_weights")  # vLLM before the weight-transfer API
+        if not hasattr(vllm.LLM, "update_weights"):
+            raise RuntimeError(f"vLLM {getattr(vllm, '__version__', '?')} has no weight-transfer API (LLM.update_weights), "
+                               "which the policy sync uses: install vllm>=0.28 (pip install 'rlreason[gpu]')")
         kw = settings.llm_kwargs()
         if "logprobs_mode" not in {f.name for f in dataclasses.fields(vllm.EngineArgs)}:
             kw.pop("logprobs_mode")  # older vLLM: raw log-probs (the learner recomputes them anyway)
-        if settings.weight_backend == "ipc":
-            from vllm.config import WeightTransferConfig
+        from vllm.config import WeightTransferConfig
 
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # IPC handles are pickled to the workers
-            kw["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # IPC handles are pickled to the workers
+        kw["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
         llm = vllm.LLM(**kw)
-        if settings.weight_backend == "ipc":
-            llm.init_weight_transfer_engine({"init_info": {}})  # IPC needs no rendezvous
+        llm.init_weight_transfer_engine({"init_info": {}})  # IPC needs no rendezvous
         return cls(llm, tokenizer or llm.get_tokenizer(), settings, vllm.SamplingParams)
 
     @property
@@ -206,17 +204,16 @@ class VLLMEngine:
         self.drafter_tensors = {n: t.detach().to("cpu", copy=True) for n, t in tensors.items()}
 
     def _push(self, named: list, draft: bool) -> None:
-        buckets = weight_buckets(named, self.settings.bucket_bytes)
-        if self.settings.weight_backend == "load_weights":
-            for bucket in buckets:
-                self.llm.collective_rpc(_load_bucket, args=([(n, t.cpu()) for n, t in bucket], draft))
-            return
+        """Weights into vLLM by CUDA IPC, one bucket on the GPU at a time; buckets end at module
+        boundaries, so a round never leaves vLLM a half-received layer (vllm_convert.weight_buckets)."""
         (self.llm.start_draft_weight_update if draft else self.llm.start_weight_update)()
-        for bucket in buckets:
-            staged = [(n, t.to(self.settings.stage_device)) for n, t in bucket]  # one bucket on the GPU at a time
+        for bucket in weight_buckets(named, self.settings.bucket_bytes):
+            staged = [(n, t.to(self.settings.stage_device)) for n, t in bucket]
             self.llm.update_weights({"update_info": ipc_update_info(staged)})
             del staged
+            _ipc_collect()  # release the staging memory vLLM's workers no longer map
         self.llm.finish_weight_update()
+        _ipc_collect()
 
     # ---- batch-size -> K table ---------------------------------------------------------------
 
@@ -294,11 +291,9 @@ def _seed(seed: int, first_response: int) -> int:
     return (seed * 1_000_003 + first_response) % (2**31 - 1)
 
 
-def _load_bucket(worker, bucket: list, draft: bool) -> None:
-    """Runs inside each vLLM worker (collective_rpc): load one bucket into the target or the drafter."""
-    runner = worker.model_runner
-    model = runner.drafter.model if draft else runner.model
-    model.load_weights(weights=bucket)
+def _ipc_collect() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.ipc_collect()
 
 
 def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None, drafter=None) -> VLLMSettings:

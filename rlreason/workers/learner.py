@@ -55,6 +55,17 @@ def deepspeed_config(cfg: RunConfig) -> dict:
     }
 
 
+def require_own_accumulation(engine, version: str) -> None:
+    """The engine must leave the accumulation boundary to us (``managed_gradient_accumulation=False``):
+    DeepSpeed releases that ignore the key would step every ``gradient_accumulation_steps`` backward
+    calls instead, silently, and apply a wrong update."""
+    managed = getattr(engine, "managed_gradient_accumulation", None)
+    if managed is None or managed():
+        raise RuntimeError(f"DeepSpeed {version} does not let the caller own gradient accumulation "
+                           "(managed_gradient_accumulation=false, DeepSpeed >= 0.19.8 for ZeRO 0-3); the learner "
+                           "would apply wrong updates. Install deepspeed>=0.19.8 (the lock has 0.19.8).")
+
+
 def rollout_is_cap(cfg: RunConfig) -> float:
     """The truncation of the rollout importance weights (algorithm.rollout_is_cap; 0 = off)."""
     cap = cfg.algorithm.rollout_is_cap
@@ -100,6 +111,7 @@ class LearnerWorker:
             optimizer.register_step_pre_hook(self._clip_hook)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+        require_own_accumulation(self.engine, deepspeed.__version__)
         self.ref: Optional[torch.nn.Module] = None
         self.ref_is_reset = False  # True once the reference is no longer the initial model
         if cfg.algorithm.kl_coef > 0 or cfg.algorithm.track_kl:

@@ -194,12 +194,60 @@ def test_policy_sync_runs_the_weight_transfer_protocol_in_buckets(monkeypatch):
     assert updates == [["a", "b"], ["c"]]
 
 
-def test_load_weights_backend_goes_through_collective_rpc():
-    eng = engine(bucket_bytes=40, weight_backend="load_weights")
-    eng.load_state_dict({"a": torch.ones(8), "b": torch.ones(8)})
-    rpcs = [c for c in eng.llm.calls if c[0] == "collective_rpc"]
-    assert [c[1][0] for c in rpcs] == [ve._load_bucket] * 2
-    assert [[n for n, _ in c[2]["args"][0]] for c in rpcs] == [["a"], ["b"]] and not rpcs[0][2]["args"][1]
+def cuda_reduce(t):
+    """torch's reduce_tensor for a CUDA tensor, without CUDA: (rebuild_cuda_tensor, its 15 arguments), in the
+    order torch.multiprocessing.reductions builds them (storage device at index 6)."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    nbytes = t.numel() * t.element_size()
+    return rebuild_cuda_tensor, (type(t), t.size(), t.stride(), 0, type(t.untyped_storage()), t.dtype, 3,
+                                 b"cuda-ipc-handle", nbytes, 0, False, b"ref-counter", 0, b"event", False)
+
+
+def vllm_receive(update_info, device_index, uuid):
+    """What vLLM's IPCWeightTransferEngine.receive_weights (0.28-0.34, non-packed) does with each handle:
+    ``args = ipc_handle[uuid]; list_args = list(args); list_args[6] = device_index;
+    rebuild_cuda_tensor(*list_args)``. The rebuild needs CUDA, so its arguments are bound to its signature."""
+    import inspect
+
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    out = []
+    for name, handle in zip(update_info["names"], update_info["ipc_handles"]):
+        list_args = list(handle[uuid])
+        list_args[6] = device_index
+        bound = inspect.signature(rebuild_cuda_tensor).bind(*list_args)
+        out.append((name, bound.arguments))
+    return out
+
+
+def test_ipc_payload_is_what_vllms_receiver_unpacks(monkeypatch):
+    class Props:
+        uuid = "GPU-0000"
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    bucket = [("model.layers.0.self_attn.q_proj.weight", torch.zeros(4, 2, dtype=torch.bfloat16)),
+              ("lm_head.weight", torch.zeros(3, 2))]
+    info = vc.ipc_update_info(bucket, reduce=cuda_reduce)
+    got = vllm_receive(info, device_index=1, uuid="GPU-0000")
+    assert [n for n, _ in got] == [n for n, _ in bucket]
+    for (_, args), (_, t) in zip(got, bucket):
+        assert args["storage_device"] == 1 and args["dtype"] == t.dtype and tuple(args["tensor_size"]) == t.shape
+    assert info["dtype_names"] == ["bfloat16", "float32"] and info["shapes"] == [[4, 2], [3, 2]]
+
+
+def test_buckets_end_at_module_boundaries():
+    """A decoder layer's q/k/v (and gate/up) never straddle two rounds: vLLM stacks them when the layer is whole."""
+    names = [f"model.layers.{i}.{p}" for i in range(3) for p in
+             ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "mlp.up_proj.weight")]
+    named = [("model.embed_tokens.weight", torch.zeros(8))] + [(n, torch.zeros(4)) for n in names] + \
+        [("model.norm.weight", torch.zeros(2)), ("lm_head.weight", torch.zeros(8))]
+    buckets = vc.weight_buckets(named, max_bytes=40)  # a layer is 4 x 16 bytes: over the cap, alone in its bucket
+    layer_of = lambda n: n.split(".")[2] if n.startswith("model.layers.") else n  # noqa: E731
+    for b in buckets:
+        layers = {layer_of(n) for n, _ in b if n.startswith("model.layers.")}
+        assert len(layers) <= 1
+    assert [n for b in buckets for n, _ in b] == [n for n, _ in named]  # the order is kept
 
 
 def test_eagle_drafter_maps_onto_vllms_eagle_checkpoint(tmp_path, monkeypatch):
@@ -249,7 +297,7 @@ def test_real_vllm_generates_with_ngram_sd_and_syncs_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     s = ve.VLLMSettings(model=tiny_model_dir, dtype="float32", method="ngram", k=3, gpu_memory_utilization=0.3,
-                        enable_sleep_mode=False, weight_backend="load_weights", extra={"enforce_eager": True})
+                        enable_sleep_mode=False, extra={"enforce_eager": True})
     eng = ve.VLLMEngine.build(s)
     batch = eng.generate(request())
     assert len(batch) == 5

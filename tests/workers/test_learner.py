@@ -99,3 +99,20 @@ def test_uneven_shards_are_padded_without_changing_the_loss(ray_local, tiny_mode
         assert stats.loss == pytest.approx(-(batch.advantages * m).sum().item() / m.sum().item(), abs=1e-5)
     finally:
         kill(group)
+
+
+def test_a_deepspeed_that_ignores_managed_accumulation_is_refused():
+    """DeepSpeed releases without ``managed_gradient_accumulation`` (or one that kept it on) would step on their
+    own schedule: the learner refuses them by version, at start. The real engine passes (every test above)."""
+    from rlreason.workers.learner import require_own_accumulation
+
+    class Old:  # no such method: a DeepSpeed from before the key
+        pass
+
+    class Managed:
+        def managed_gradient_accumulation(self):
+            return True
+
+    for engine in (Old(), Managed()):
+        with pytest.raises(RuntimeError, match="DeepSpeed 0.16.0 does not let the caller own.*deepspeed>=0.19.8"):
+            require_own_accumulation(engine, "0.16.0")
