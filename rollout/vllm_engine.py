@@ -260,8 +260,8 @@ class VLLMEngine:
     def rebuild(self) -> None:
         """Rebuild the LLM with the pending K table. Weights come back from ``settings.model``: re-sync after."""
         self.settings = replace(self.settings, k_table=self.pending_table)
-        self.llm = None
-        torch.cuda.empty_cache()
+        old, self.llm = self.llm, None
+        shutdown(old)  # the old engine's memory must be free before the new one sizes its KV cache
         fresh = VLLMEngine.build(self.settings, self.tokenizer)
         self.llm, self.asleep = fresh.llm, 0
 
@@ -289,6 +289,23 @@ def _seed(seed: int, first_response: int) -> int:
     n apart: spaced by 1, prompt b's sample j would share a stream with prompt b+1's sample j-1.
     """
     return (seed * 1_000_003 + first_response) % (2**31 - 1)
+
+
+def shutdown(llm) -> None:
+    """Stop an LLM's engine now, not whenever its finalizer runs (any reference left would keep its
+    GPU memory): ``LLM.shutdown()`` where vLLM has it, else the engine core's own ``shutdown()``
+    (what vLLM's tests call before building a second LLM in one process)."""
+    import gc
+
+    stop = getattr(llm, "shutdown", None)
+    if stop is None:
+        stop = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+    if stop is not None:
+        stop()
+    del llm
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _ipc_collect() -> None:

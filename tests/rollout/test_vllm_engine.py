@@ -92,6 +92,7 @@ def test_a_sync_replans_the_k_table_from_measured_acceptance_and_rebuilds_into_i
 
     monkeypatch.setattr(ve.VLLMEngine, "build", staticmethod(build))
     monkeypatch.setattr(ve, "ipc_update_info", vc.nccl_update_info)
+    first_llm = eng.llm
     eng.remember_drafter({"fc.weight": torch.ones(2, 2)})
     eng.generate(request())  # the stand-in reports 10 drafts: 6 accepted at position 1, 3 at 2, 1 at 3
     eng.load_state_dict({"w": torch.ones(2)})
@@ -100,6 +101,7 @@ def test_a_sync_replans_the_k_table_from_measured_acceptance_and_rebuilds_into_i
     # the prior's smallest K is 1, so u = 0.6, 0.36, 0.216; goodput B·E(K) / (1 + B(K+1)/256 + 0.05K), e.g.
     # at 32: K=2 62.7/1.475 = 42.5 > K=3 69.6/1.65 = 42.2; at 128: K=1 204.8/2.05 = 99.9 > K=2 250.9/2.6 = 96.5
     assert rebuilt and eng.settings.k_table == {1: 3, 2: 3, 4: 3, 8: 3, 16: 3, 32: 2, 64: 2, 128: 1}
+    assert first_llm.calls[-1][0] == "shutdown" and eng.llm is not first_llm  # stopped before the new one
     assert eng.rebuilds == 1 and eng.measured["drafts"] == 0
     names = [c[1][0]["update_info"]["names"] for c in eng.llm.calls if c[0] == "update_weights"]
     assert names == [["w"], ["fc.weight"]]  # into the rebuilt LLM: the policy, then the drafter again
