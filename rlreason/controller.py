@@ -79,10 +79,12 @@ class Trainer:
             cpus = start_ray(cfg.cluster)
             placement = build_placement(cfg)  # slots for learners and rollout workers (cluster.placement)
         with timer("workers"):  # every group starts at once (each actor loads its libraries and model)
-            rollout_share, learner_share = self.busy_at_once()
-            self.rollout = RolloutGroup(cfg, self.model_path, threads_per_actor(cfg.rollout.threads, cpus, rollout_share),
+            self.cpus = cpus  # the phases alternate here, so each group has the machine to itself
+            self.rollout = RolloutGroup(cfg, self.model_path,
+                                        threads_per_actor(cfg.rollout.threads, cpus, cfg.rollout.workers),
                                         placement, wait=False)
-            self.learners = LearnerGroup(cfg, self.model_path, threads_per_actor(cfg.learner.threads, cpus, learner_share),
+            self.learners = LearnerGroup(cfg, self.model_path,
+                                         threads_per_actor(cfg.learner.threads, cpus, cfg.learner.world_size),
                                          placement, wait=False)
             self.rewards = RewardGroup(cfg, self.rollout.actors)  # rollout actors score model rewards
             self.rollout.ready()
@@ -99,11 +101,6 @@ class Trainer:
             self.checkpointer.register("drafter", self.drafter, optional=True)
         self.log.message(f"run dir {self.run_dir}: {len(self.prompts)} prompts, model {self.model_path}; setup " +
                          ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
-
-    def busy_at_once(self) -> tuple[int, int]:
-        """Actors that share the CPUs while rollout workers, and while learners, compute (automatic thread
-        counts): here the phases alternate, so each group has the machine to itself."""
-        return self.cfg.rollout.workers, self.cfg.learner.world_size
 
     # ---- the RL step --------------------------------------------------------------------------
 

@@ -34,15 +34,23 @@ class PipelinedTrainer(Trainer):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlreason-rollouts")
         self.ahead: deque[tuple[int, Future, PhaseTimer]] = deque()  # (step, its collection, its timer)
         self.loads: list[Future] = []
+        self.pipeline_started = False
         super().setup()
 
-    def busy_at_once(self) -> tuple[int, int]:
-        """Generation and training run at the same time: automatic thread counts split the CPUs between
-        every rollout worker and learner (on 2 cores, one each)."""
+    def start_pipeline(self) -> None:
+        """From the first RL step on, generation and training run at the same time: automatic thread
+        counts split the CPUs between every rollout worker and learner (on 2 cores, one each). The
+        warm-up before it has each group to itself, as in the synchronous loop."""
+        from rlreason.cluster import threads_per_actor
+
         both = self.cfg.rollout.workers + self.cfg.learner.world_size
-        return both, both
+        self.rollout.set_threads(threads_per_actor(self.cfg.rollout.threads, self.cpus, both))
+        self.learners.set_threads(threads_per_actor(self.cfg.learner.threads, self.cpus, both))
+        self.pipeline_started = True
 
     def step(self, step: int) -> dict[str, float]:
+        if not self.pipeline_started:
+            self.start_pipeline()
         if not self.ahead:  # the first step, and the first after a drain: nothing was collected ahead
             self._submit(step)
         first, future, collected = self.ahead.popleft()

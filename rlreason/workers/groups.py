@@ -92,6 +92,9 @@ class RolloutGroup:
         held = self._weights[0] if self._weights else None
         return held if isinstance(held, WeightsHandle) else None
 
+    def set_threads(self, threads: int) -> None:
+        _ray().get([a.set_threads.remote(threads) for a in self.actors])
+
     def nodes(self) -> set[str]:
         """The Ray nodes the workers run on."""
         return set(_ray().get([a.node.remote() for a in self.actors]))
@@ -198,6 +201,9 @@ class LearnerGroup:
 
     def reset_reference(self) -> None:
         _ray().get([a.reset_reference.remote() for a in self.actors])
+
+    def set_threads(self, threads: int) -> None:
+        _ray().get([a.set_threads.remote(threads) for a in self.actors])
 
     def publish_weights(self, version: int, reader_nodes: set[str]) -> WeightsHandle:
         """Rank 0 publishes the policy for readers on ``reader_nodes`` (the driver gets a handle only)."""

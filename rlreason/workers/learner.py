@@ -125,6 +125,10 @@ class LearnerWorker:
     def ready(self) -> bool:
         return True
 
+    def set_threads(self, threads: int) -> None:
+        """torch threads from now on (pipelined mode splits the CPUs once generation and training overlap)."""
+        torch.set_num_threads(max(threads, 1))
+
     def _clip_hook(self, optimizer, args, kwargs) -> None:
         # runs inside engine.step() after the gradient all-reduce, before AdamW's update
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]

@@ -44,6 +44,10 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
     def ready(self) -> bool:
         return True
 
+    def set_threads(self, threads: int) -> None:
+        """torch threads from now on (pipelined mode splits the CPUs once generation and training overlap)."""
+        torch.set_num_threads(max(threads, 1))
+
     def generate(self, req: GenerationRequest) -> RolloutBatch:
         self.spot_halt()  # the drafter's spot training yields the worker (rollout.spec.train.mode=spot)
         out = self.engine.generate(req)
