@@ -185,14 +185,23 @@ class Trainer:
     def after_step(self, step: int, metrics: dict[str, float]) -> None:
         """The step's last phases, eval and checkpoint (also after a step whose groups were all dropped);
         their times join the step's row."""
-        t, tr = PhaseTimer(), self.cfg.trainer
+        t = PhaseTimer()
         with t("eval"):
-            if tr.eval_every and step % tr.eval_every == 0:
+            if self.evaluates_at(step):
                 metrics.update({f"eval/{k}": v for k, v in self.evaluator.run(self.rollout, self.rewards, step).items()})
         with t("checkpoint"):
-            if (tr.save_every and step % tr.save_every == 0) or (tr.save_final and step == tr.total_steps):
+            if self.saves_at(step):
                 self.checkpointer.save(step, pending_row=with_phase_times(metrics, t))
         metrics.update(with_phase_times(metrics, t))
+
+    def evaluates_at(self, step: int) -> bool:
+        every = self.cfg.trainer.eval_every
+        return bool(every) and step % every == 0
+
+    def saves_at(self, step: int) -> bool:
+        """A checkpoint after ``step``: every trainer.save_every steps, and the last with save_final."""
+        tr = self.cfg.trainer
+        return bool(tr.save_every and step % tr.save_every == 0) or (tr.save_final and step == tr.total_steps)
 
     def check_scored(self, step: int, rewards) -> None:
         """A step in which no response got a score trains on nothing: say so, and stop after

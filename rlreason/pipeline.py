@@ -8,14 +8,15 @@ The background collection is the synchronous loop's own ``collect`` (sample, gen
 filter), run ahead by up to ``trainer.max_staleness`` steps on one background thread. That thread
 also runs the weight loads and the evaluation, in the order they were asked for, so the weights each
 rollout comes from are fixed by the loop, not by timing: the rollouts of step t+1 are queued before
-the load of the weights step t produces, and come from weights one update behind the learner's. The learner's π_old is its current policy, and
-truncated importance sampling corrects for the rollout policy's gap to it (``algorithm.rollout_is_cap``,
-rlreason.algorithms.rollout_correction); the gap, its weights and the staleness are logged every step.
+the load of the weights step t produces, and come from weights one update behind the learner's.
+The learner's π_old is its current policy, and truncated importance sampling corrects for the
+rollout policy's gap to it (``algorithm.rollout_is_cap``, rlreason.algorithms.rollout_correction);
+the gap, its weights and the staleness are logged every step.
 
 The pipeline is drained before every checkpoint: no rollout of a step after a saved one is generated
 before the save, so a resumed run generates the same rollouts from the same weights as the original.
-Refused, with the reason (rlreason.config.validate): samplers that learn from the update (their next draw would
-miss it) and speculative decoding (its drafter trains on the rollout workers between steps).
+Refused, with the reason (rlreason.config.validate): samplers that learn from the update (their next
+draw would miss it) and speculative decoding (its drafter trains on the rollout workers between steps).
 """
 
 from __future__ import annotations
@@ -77,10 +78,7 @@ class PipelinedTrainer(Trainer):
 
     def after_step(self, step: int, metrics: dict[str, float]) -> None:
         """Evaluation and checkpoints run behind this step's weight load (the evaluation sees them)."""
-        tr = self.cfg.trainer
-        due = (tr.eval_every and step % tr.eval_every == 0) or (tr.save_every and step % tr.save_every == 0) or \
-            (tr.save_final and step == tr.total_steps)
-        if due:
+        if self.evaluates_at(step) or self.saves_at(step):
             self.pool.submit(super().after_step, step, metrics).result()
         else:
             super().after_step(step, metrics)
@@ -97,9 +95,7 @@ class PipelinedTrainer(Trainer):
 
     def _saves_before(self, step: int, ahead: int) -> bool:
         """A checkpoint after one of steps step .. ahead-1: collecting ``ahead`` now would cross it."""
-        tr = self.cfg.trainer
-        return any((tr.save_every and s % tr.save_every == 0) or (tr.save_final and s == tr.total_steps)
-                   for s in range(step, ahead))
+        return any(self.saves_at(s) for s in range(step, ahead))
 
     def close(self) -> None:
         pool = getattr(self, "pool", None)
