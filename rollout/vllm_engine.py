@@ -323,7 +323,9 @@ def settings_from_config(cfg, model_path: str, run_dir: str, target_config=None,
     r, s = cfg.rollout, cfg.rollout.spec
     base = VLLMSettings(model=model_path, tokenizer=cfg.model.tokenizer, dtype=cfg.model.dtype,
                         seed=cfg.trainer.seed, trust_remote_code=cfg.model.trust_remote_code,
-                        max_model_len=None)
+                        gpu_memory_utilization=r.gpu_memory_utilization,
+                        enable_sleep_mode=cfg.cluster.placement == "colocate",  # sleep frees the GPU for the learner
+                        max_model_len=r.max_model_len or cfg.data.max_prompt_length + r.max_new_tokens)
     if not s.enable or str(s.k) == "0":
         return base
     method = DRAFTER_METHOD[s.drafter]

@@ -152,7 +152,13 @@ class RolloutConfig:
     """Max sequences decoded together per worker (0 = all of the worker's share at once)."""
     threads: int = 0
     """torch threads in each rollout actor (0 = all CPUs of the machine / workers; trainer.mode=pipelined:
-    / (workers + learner.world_size), as generation and training then run at once)."""
+    / (workers + learner.world_size) from the first RL step, as generation and training then run at once)."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM: the share of each GPU its engine may take (weights, activations, KV cache); colocated with a
+    learner (cluster.placement=colocate), the learner and worker 0's drafter copy live in the rest."""
+    max_model_len: Optional[int] = None
+    """vLLM: the longest sequence it plans KV-cache memory for; null = data.max_prompt_length +
+    rollout.max_new_tokens (no sequence is longer), not the model's whole context."""
     spec: SpecConfig = field(default_factory=SpecConfig)
     """Speculative decoding (``rollout.spec.enable=true``)."""
 

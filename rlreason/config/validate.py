@@ -81,6 +81,12 @@ def _check_rollout(cfg: RunConfig) -> None:
     _require(r.engine != "vllm" or not r.spec.enable or str(r.spec.k) != "0",
              "rollout.engine=vllm with rollout.spec.k=0: vLLM has no speculative loop to run without drafts; "
              "set rollout.spec.enable=false for plain decoding, or a K > 0 (or auto)")
+    _require(0 < r.gpu_memory_utilization <= 1,
+             f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
+    longest = cfg.data.max_prompt_length + r.max_new_tokens
+    _require(r.max_model_len is None or r.max_model_len >= longest,
+             f"rollout.max_model_len={r.max_model_len} is shorter than the longest sequence, data.max_prompt_length + "
+             f"rollout.max_new_tokens = {longest}: raise it, or leave it null")
     _require(r.n >= 1, f"rollout.n (samples per prompt) must be >= 1, got {r.n}")
     _require(r.temperature >= 0, f"rollout.temperature must be >= 0 (0 = greedy), got {r.temperature}")
     _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")

@@ -83,3 +83,25 @@ def test_the_cli_refuses_the_quickstart_on_vllm_by_name():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "cluster.placement=none and cluster.gpus_per_node=0" in out.stderr
+
+
+def test_the_memory_knobs_reach_vllm_and_bad_values_are_named(tmp_path):
+    """rollout.gpu_memory_utilization and rollout.max_model_len (default: the longest sequence the run can make,
+    not the model's whole context, which would reserve KV memory for nothing); sleep mode only when colocated."""
+    from rlreason.config import load_config
+    from rlreason.config.compose import ConfigError
+    from rlreason.config.validate import _check_rollout
+
+    cfg = load_config(["recipe=quickstart", "rollout.gpu_memory_utilization=0.35", "data.max_prompt_length=100",
+                       "rollout.max_new_tokens=48"])
+    kw = ve.settings_from_config(cfg, "/m", str(tmp_path)).llm_kwargs()
+    assert kw["gpu_memory_utilization"] == 0.35 and kw["max_model_len"] == 148 and not kw["enable_sleep_mode"]
+    cfg.cluster.placement, cfg.rollout.max_model_len = "colocate", 4096
+    kw = ve.settings_from_config(cfg, "/m", str(tmp_path)).llm_kwargs()
+    assert kw["max_model_len"] == 4096 and kw["enable_sleep_mode"]
+    for key, value, match in (("gpu_memory_utilization", 1.5, "must be in \\(0, 1\\]"),
+                              ("max_model_len", 120, "shorter than the longest sequence.*= 148")):
+        cfg = load_config(["recipe=quickstart", "data.max_prompt_length=100", "rollout.max_new_tokens=48",
+                           f"rollout.{key}={value}"])
+        with pytest.raises(ConfigError, match=match):
+            _check_rollout(cfg)
