@@ -1,7 +1,9 @@
 """The controller: one readable RL loop on the driver, each phase named and timed.
 
-    sample -> generate -> score -> shape -> filter -> logprobs -> advantages -> update -> observe -> sync
-           -> drafter -> log -> eval -> checkpoint
+    sample -> generate -> score -> shape -> filter -> release -> logprobs -> advantages -> update -> observe
+           -> sync -> drafter -> log -> eval -> checkpoint
+
+``release`` lets colocated vLLM sleep while the learner has the GPU (the sync wakes it); elsewhere a no-op.
 
 ``drafter`` (only with rollout.spec.enable) trains the speculative drafter on the step's rollouts against
 the just-synced policy and publishes it to the rollout workers (rlreason.workers.drafter).
@@ -106,7 +108,10 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         t = PhaseTimer()
-        return self.learn(step, self.collect(step, t), t)
+        groups = self.collect(step, t)
+        with t("release"):  # colocated vLLM sleeps while the learner has the GPU; the sync wakes it
+            self.rollout.release_gpu()
+        return self.learn(step, groups, t)
 
     def learn(self, step: int, groups: Groups, t: PhaseTimer) -> dict[str, float]:
         """Everything after the rollouts: logprobs, advantages, update, observe, sync, drafter, log."""

@@ -23,8 +23,8 @@ PANELS = [  # (title, metric, y label)
     ("Rollout speed", "rollout/tokens_per_s", "tokens / s"),
 ]
 STYLES = ["-", "--", ":", "-."]
-PHASES = ["sample", "generate", "score", "shape", "filter", "logprobs", "advantages", "update", "observe", "sync",
-          "drafter", "log", "eval", "checkpoint"]
+PHASES = ["wait", "sample", "generate", "score", "shape", "filter", "release", "logprobs", "advantages", "update",
+          "observe", "sync", "drafter", "log", "eval", "checkpoint"]
 
 
 def phase_colors(n: int) -> list:

@@ -142,8 +142,11 @@ class VLLMEngine:
 
     def generate(self, req: GenerationRequest) -> RolloutBatch:
         """Sample ``group_sizes[b]`` responses for every prompt (vLLM's ``n``), one seeded request per prompt."""
-        if self.asleep:
-            raise RuntimeError(f"the vLLM engine sleeps (level {self.asleep}): call wake_up() before generate()")
+        if self.asleep == 1:
+            self.wake_up()  # level 1 kept the weights (offloaded to CPU memory): everything comes back
+        elif self.asleep:
+            raise RuntimeError(f"the vLLM engine sleeps (level {self.asleep}): its weights were discarded; sync "
+                               "weights (load_state_dict) or call wake_up() before generate()")
         start = time.perf_counter()
         keep = [b for b, g in enumerate(req.group_sizes) if g > 0]  # vLLM needs n >= 1
         prompts = [list(req.prompt_ids[b]) for b in keep]
@@ -186,10 +189,14 @@ class VLLMEngine:
         and the weights pushed here land in the new one.
         """
         self.replan()
+        if self.asleep:  # colocated: the weights' memory first; the KV cache stays free during the copy
+            self.wake_up(["weights"])
         self._push(list(state.items()), draft=False)
         if self.drafter_lost and self.drafter_tensors is not None:
             self._push(list(self.drafter_tensors.items()), draft=True)
         self.drafter_lost = False
+        if self.asleep:
+            self.wake_up(["kv_cache"])  # vLLM schedules again only once fully awake
         self.llm.reset_prefix_cache()  # cached prefixes hold the old policy's KV
 
     def load_drafter_state(self, state: dict[str, torch.Tensor]) -> list[str]:

@@ -95,6 +95,10 @@ class RolloutGroup:
     def set_threads(self, threads: int) -> None:
         _ray().get([a.set_threads.remote(threads) for a in self.actors])
 
+    def release_gpu(self) -> None:
+        """Free the GPUs the workers share with learners while the learners train (a no-op unless colocated vLLM)."""
+        self.supervisor.run([(w, lambda a: a.release_gpu.remote()) for w in range(len(self.actors))])
+
     def nodes(self) -> set[str]:
         """The Ray nodes the workers run on."""
         return set(_ray().get([a.node.remote() for a in self.actors]))

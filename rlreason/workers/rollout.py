@@ -64,6 +64,12 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
     def node(self) -> str:
         return node_id()
 
+    def release_gpu(self) -> None:
+        """Colocated vLLM (cluster.placement=colocate) sleeps while the learner has the GPU: its weights
+        go to CPU memory and its KV cache is freed; the next weight sync wakes it (weights, then KV cache)."""
+        if self.cfg.rollout.engine == "vllm" and self.cfg.cluster.placement == "colocate":
+            self.engine.sleep(level=1)
+
     def load_weights(self, state: Union[WeightsHandle, dict[str, torch.Tensor]], version: int) -> int:
         """Replace the policy weights (called at every step boundary): a published handle (rlreason.workers.weights)
         or a state dict; returns the new version."""

@@ -292,6 +292,24 @@ def test_sleep_blocks_generation_until_the_kv_cache_is_back():
     assert [c[0] for c in eng.llm.calls[:3]] == ["sleep", "wake_up", "wake_up"]
 
 
+def test_a_colocated_sync_wakes_weights_then_the_kv_cache(monkeypatch):
+    """Colocated, the engine sleeps (level 1) while the learner trains; the sync wakes the weights, pushes,
+    then wakes the KV cache (vLLM schedules again only once fully awake); a generate after a level-1 sleep
+    without a sync wakes everything."""
+    monkeypatch.setattr(ve, "ipc_update_info", vc.nccl_update_info)
+    eng = engine(method=None)
+    eng.sleep(level=1)
+    eng.load_state_dict({"w": torch.ones(2)})
+    calls = [(c[0], c[2].get("tags")) for c in eng.llm.calls if c[0] != "update_weights"]
+    assert calls == [("sleep", None), ("wake_up", ["weights"]), ("start_weight_update", None),
+                     ("finish_weight_update", None), ("wake_up", ["kv_cache"]), ("reset_prefix_cache", None)]
+    assert eng.asleep == 0
+    eng.sleep(level=1)
+    slept = len(eng.llm.calls)
+    assert len(eng.generate(request())) == 5 and eng.asleep == 0
+    assert eng.llm.calls[slept][0] == "wake_up" and eng.llm.calls[slept][2].get("tags") is None  # all of it
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
                     reason="needs a CUDA GPU and vLLM")
