@@ -31,7 +31,7 @@ from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch, UpdateStats
 from rlreason.workers import plan
-from rlreason.workers.weights import WeightsHandle, WeightsPublisher, node_id
+from rlreason.workers.weights import WeightsHandle, WeightsPublisher, node_id, zero3_tensors
 
 
 def _plain_fp32(cfg: RunConfig) -> bool:
@@ -53,6 +53,21 @@ def deepspeed_config(cfg: RunConfig) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def load_policy(model_path: str, cfg: RunConfig, device: str):
+    """The policy to train. With ZeRO-3 it is built and loaded partitioned (transformers runs
+    ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` lives), so no rank ever holds the whole model;
+    the reference model, which DeepSpeed does not wrap, is loaded after and whole."""
+    if cfg.learner.zero_stage != 3:
+        return load_model(model_path, cfg.model, device)
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    marker = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (transformers holds only a weak reference)
+    try:
+        return load_model(model_path, cfg.model, device)
+    finally:
+        unset_hf_deepspeed_config()
 
 
 def require_own_accumulation(engine, version: str) -> None:
@@ -102,7 +117,8 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=backend)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_model(model_path, cfg.model, self.device)
+        model = load_policy(model_path, cfg, self.device)
+        self.loaded_partitioned = hasattr(next(model.parameters()), "ds_id")  # ZeRO-3: built under zero.Init
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=tuple(cfg.learner.betas),
                                       weight_decay=cfg.learner.weight_decay)
         self.grad_norm: Optional[float] = None
@@ -309,30 +325,33 @@ class LearnerWorker:
 
     def policy_weights(self) -> Optional[dict[str, Tensor]]:
         """Full policy weights on CPU from rank 0 (every rank must call: ZeRO-3 gathers)."""
-        module = self.engine.module
-        if self.cfg.learner.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return self._cpu_state(module) if self.rank == 0 else None
-        return self._cpu_state(module) if self.rank == 0 else None
+        state = self._cpu_state()
+        return state if self.rank == 0 else None
 
     def publish_weights(self, version: int, remote_readers: bool) -> Optional[WeightsHandle]:
         """Publish the policy for the rollout workers (rlreason.workers.weights); rank 0 returns the
         handle. Every rank must call (ZeRO-3 gathers)."""
         module = self.engine.module
-        if self.cfg.learner.zero_stage == 3:
-            import deepspeed
+        if self.cfg.learner.zero_stage == 3:  # one module's parameters gathered at a time, never the whole model
+            shapes = {name: (t.dtype, list(getattr(t, "ds_shape", t.shape)))
+                      for name, t in module.state_dict(keep_vars=True).items()}
+            tensors = zero3_tensors(module)
+            if self.rank != 0:
+                for _ in tensors:  # the other ranks take part in every gather
+                    pass
+                return None
+            return self._publish(shapes, tensors, version, remote_readers)
+        if self.rank != 0:
+            return None
+        state = module.state_dict()
+        return self._publish({n: (t.dtype, list(t.shape)) for n, t in state.items()}, iter(state.items()), version,
+                             remote_readers)
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return self._publish(module.state_dict(), version, remote_readers) if self.rank == 0 else None
-        return self._publish(module.state_dict(), version, remote_readers) if self.rank == 0 else None
-
-    def _publish(self, state: dict[str, Tensor], version: int, remote_readers: bool) -> WeightsHandle:
+    def _publish(self, shapes: dict, tensors, version: int, remote_readers: bool) -> WeightsHandle:
         if self.publisher is None:
             tr = self.cfg.trainer  # pipelined: loads queue behind up to max_staleness generations
             self.publisher = WeightsPublisher(slots=tr.max_staleness + 1 if tr.mode == "pipelined" else 2)
-        handle = self.publisher.publish(state, version, remote_readers)
+        handle = self.publisher.publish_stream(shapes, tensors, version, remote_readers)
         if self.publisher.note:
             print(f"rlreason learner: {self.publisher.note}", flush=True)
             self.publisher.note = None
@@ -341,24 +360,18 @@ class LearnerWorker:
     def node(self) -> str:
         return node_id()
 
-    @staticmethod
-    def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
-        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    def _cpu_state(self) -> dict[str, Tensor]:
+        """The policy's full state dict on CPU, on every rank (ZeRO-3: one module gathered at a time)."""
+        module = self.engine.module
+        pairs = zero3_tensors(module) if self.cfg.learner.zero_stage == 3 else module.state_dict().items()
+        return {k: v.detach().to("cpu", copy=True) for k, v in pairs}
 
     def reset_reference(self) -> None:
         """Make the reference policy a copy of the current one (after the SFT warm-up: KL is then
         measured against the warmed-up model, as in an SFT -> RL pipeline). Every rank calls."""
         if self.ref is None:
             return
-        module = self.engine.module
-        if self.cfg.learner.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = self._cpu_state(module)
-        else:
-            state = self._cpu_state(module)
-        self.ref.load_state_dict(state)
+        self.ref.load_state_dict(self._cpu_state())
         self.ref_is_reset = True
 
     # ---- checkpoints (rlreason.checkpoint; every rank calls) ------------------------------------
@@ -369,7 +382,8 @@ class LearnerWorker:
         self.engine.save_checkpoint(path, tag="deepspeed", save_latest=False, client_state={
             "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()})
         if self.ref_is_reset and self.rank == 0:
-            torch.save(self._cpu_state(self.ref), os.path.join(path, "reference.pt"))
+            torch.save({k: v.detach().to("cpu", copy=True) for k, v in self.ref.state_dict().items()},
+                       os.path.join(path, "reference.pt"))
 
     def load_checkpoint(self, path: str) -> None:
         loaded, client = self.engine.load_checkpoint(path, tag="deepspeed", load_optimizer_states=True,

@@ -9,7 +9,9 @@ passes a small handle between them.
 - **Another node: Ray's object store, put by the learner.** The state dict goes from rank 0's node to
   the reader's directly; the driver holds only the reference.
 
-The driver's memory therefore does not grow with the model. Files are named after the learner's
+With ZeRO-3 the learner gathers one module's parameters at a time while it publishes
+(``zero3_tensors``), so no rank holds the whole model at once. The driver's memory does not grow
+with the model. Files are named after the learner's
 process id, removed when the learner exits, and those of dead processes are removed on start.
 (Colocated vLLM on GPUs has its own CUDA-IPC path: rlreason.rollout.vllm_engine.)
 """
@@ -21,7 +23,7 @@ import glob
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -61,20 +63,32 @@ class WeightsPublisher:
     def publish(self, state: dict[str, Tensor], version: int, remote_readers: bool) -> WeightsHandle:
         """Copy ``state`` into the file of ``version``'s slot; with ``remote_readers`` (or without room
         in /dev/shm) into the object store instead or as well, for readers on other nodes."""
+        shapes = {name: (t.dtype, list(t.shape)) for name, t in state.items()}
+        return self.publish_stream(shapes, iter(state.items()), version, remote_readers)
+
+    def publish_stream(self, shapes: dict[str, tuple[torch.dtype, list[int]]], tensors: Iterator[tuple[str, Tensor]],
+                       version: int, remote_readers: bool) -> WeightsHandle:
+        """``publish`` with the tensors arriving one by one (ZeRO-3 gathers one module at a time): the
+        layout comes from ``shapes`` (name -> dtype, shape), in its order."""
         layout, offset = [], 0
-        for name, t in state.items():
-            layout.append((name, str(t.dtype).removeprefix("torch."), list(t.shape), offset))
-            offset += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        for name, (dtype, shape) in shapes.items():
+            layout.append((name, str(dtype).removeprefix("torch."), list(shape), offset))
+            offset += -(-_numel(shape) * torch.empty((), dtype=dtype).element_size() // ALIGN) * ALIGN
         path = self.paths[version % len(self.paths)] if self._room_for(offset) else None
-        if path is not None:
-            buf = torch.from_file(path, shared=True, size=max(offset, 1), dtype=torch.uint8)
-            for (name, _, _, off), t in zip(layout, state.values()):
-                _view(buf, t.dtype, t.shape, off).copy_(t.detach())
+        buf = torch.from_file(path, shared=True, size=max(offset, 1), dtype=torch.uint8) if path else None
+        where = {name: (getattr(torch, dtype), shape, off) for name, dtype, shape, off in layout}
+        copies = {} if (remote_readers or path is None) else None
+        for name, t in tensors:
+            if buf is not None:
+                dtype, shape, off = where[name]
+                _view(buf, dtype, shape, off).copy_(t.detach().reshape(shape))
+            if copies is not None:
+                copies[name] = t.detach().to("cpu", copy=True)
         ref = None
-        if remote_readers or path is None:
+        if copies is not None:
             import ray
 
-            ref = ray.put({k: v.detach().cpu() for k, v in state.items()})
+            ref = ray.put(copies)
         return WeightsHandle(version, self.node, path, layout, ref)
 
     def _room_for(self, nbytes: int) -> bool:
@@ -116,12 +130,37 @@ def read(handle: WeightsHandle) -> dict[str, Tensor]:
     return ray.get(handle.ref)
 
 
-def _view(buf: Tensor, dtype: torch.dtype, shape, offset: int) -> Tensor:
+def _numel(shape) -> int:
     count = 1
     for s in shape:
         count *= s
+    return count
+
+
+def _view(buf: Tensor, dtype: torch.dtype, shape, offset: int) -> Tensor:
+    count = _numel(shape)
     nbytes = count * torch.empty((), dtype=dtype).element_size()
     return buf[offset:offset + nbytes].view(dtype).view(*shape) if count else torch.empty(shape, dtype=dtype)
+
+
+def zero3_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """(state-dict name, full tensor) pairs of a ZeRO-3 module, gathering one submodule's parameters at a
+    time (every rank must iterate it to the end: each gather is collective). Tied parameters come under
+    each of their names; buffers are not partitioned."""
+    import deepspeed
+
+    names: dict[int, list[str]] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        names.setdefault(id(t), []).append(name)
+    for sub in module.modules():
+        params = list(sub.parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for p in params:
+                for name in names.pop(id(p), []):
+                    yield name, p.data
+        for b in sub.buffers(recurse=False):
+            for name in names.pop(id(b), []):
+                yield name, b
 
 
 def remove_files(handle: Optional[WeightsHandle]) -> None:

@@ -39,9 +39,14 @@ def kill(group):
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_every_zero_stage_learns_with_two_learners(ray_local, tiny_model_dir, stage):
+    import ray
+
     cfg = config(tiny_model_dir, **{"learner.zero_stage": stage, "learner.world_size": 2})
     group = make_group(cfg, tiny_model_dir)
     try:
+        # ZeRO-3 builds the policy partitioned (zero.Init): no rank holds the whole model, even at load
+        partitioned = ray.get([a.__ray_call__.remote(lambda w: w.loaded_partitioned) for a in group.actors])
+        assert partitioned == [stage == 3] * 2
         batch = fixed_batch(tiny_model_dir)
         sft_losses = [group.update(batch, lr=1e-2, loss_name="sft")[0].loss for _ in range(6)]
         assert sft_losses[-1] < sft_losses[0] - 0.5, sft_losses

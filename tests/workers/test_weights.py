@@ -55,9 +55,10 @@ def test_files_of_dead_learners_are_removed(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_rollout_worker_loads_what_the_learner_published(ray_local, tiny_model_dir):
-    """Through real actors: a DeepSpeed learner publishes, a rollout worker loads; its weights equal the
-    learner's, and what passed through the driver is a handle of a few KB."""
+@pytest.mark.parametrize("world,stage", [(1, 0), (2, 3)])
+def test_a_rollout_worker_loads_what_the_learner_published(ray_local, tiny_model_dir, world, stage):
+    """Through real actors: DeepSpeed learners publish (ZeRO-3: one module gathered at a time), a rollout
+    worker loads; its weights equal the learner's, and what passed through the driver is a handle of a few KB."""
     import ray
 
     from rlreason.batches import with_counts
@@ -65,7 +66,8 @@ def test_a_rollout_worker_loads_what_the_learner_published(ray_local, tiny_model
     from rlreason.workers.groups import LearnerGroup, RolloutGroup
     from shared_builders import fixed_batch
 
-    cfg = load_config(["recipe=quickstart", f"model.path={tiny_model_dir}"])
+    cfg = load_config(["recipe=quickstart", f"model.path={tiny_model_dir}", f"learner.world_size={world}",
+                       f"learner.zero_stage={stage}"])
     learners = LearnerGroup(cfg, tiny_model_dir, threads=1)
     rollout = RolloutGroup(cfg, tiny_model_dir, threads=1)
     try:
