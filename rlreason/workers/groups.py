@@ -81,16 +81,14 @@ class RolloutGroup:
             calls.append((w, lambda a, req=req: a.generate.remote(req)))
         return RolloutBatch.concat(self.supervisor.run(calls))  # a dead worker's share is redone
 
-    def load_weights(self, state, version: int) -> None:
-        """Every worker loads ``state``: a handle the learner published (rlreason.workers.weights: the
-        weights skip the driver) or a state dict (put once into the object store)."""
-        self._weights = (state if isinstance(state, WeightsHandle) else _ray().put(state), version)
+    def load_weights(self, handle: WeightsHandle, version: int) -> None:
+        """Every worker loads the weights the learner published (rlreason.workers.weights: they skip the driver)."""
+        self._weights = (handle, version)
         self.supervisor.run([(w, lambda a: a.load_weights.remote(*self._weights)) for w in range(len(self.actors))])
 
     def weights_handle(self) -> Optional[WeightsHandle]:
-        """The handle of the weights the workers hold, when the learner published them."""
-        held = self._weights[0] if self._weights else None
-        return held if isinstance(held, WeightsHandle) else None
+        """The handle of the weights the workers hold (None before the first sync)."""
+        return self._weights[0] if self._weights else None
 
     def set_threads(self, threads: int) -> None:
         _ray().get([a.set_threads.remote(threads) for a in self.actors])

@@ -332,26 +332,20 @@ class LearnerWorker:
         """Publish the policy for the rollout workers (rlreason.workers.weights); rank 0 returns the
         handle. Every rank must call (ZeRO-3 gathers)."""
         module = self.engine.module
-        if self.cfg.learner.zero_stage == 3:  # one module's parameters gathered at a time, never the whole model
-            shapes = {name: (t.dtype, list(getattr(t, "ds_shape", t.shape)))
-                      for name, t in module.state_dict(keep_vars=True).items()}
-            tensors = zero3_tensors(module)
-            if self.rank != 0:
-                for _ in tensors:  # the other ranks take part in every gather
-                    pass
-                return None
-            return self._publish(shapes, tensors, version, remote_readers)
+        shapes = {name: (t.dtype, list(getattr(t, "ds_shape", t.shape)))  # ZeRO-3: the full shape of a shard
+                  for name, t in module.state_dict(keep_vars=True).items()}
+        tensors = self._state_pairs()
         if self.rank != 0:
+            for _ in tensors:  # the other ranks take part in every ZeRO-3 gather
+                pass
             return None
-        state = module.state_dict()
-        return self._publish({n: (t.dtype, list(t.shape)) for n, t in state.items()}, iter(state.items()), version,
-                             remote_readers)
+        return self._publish(shapes, tensors, version, remote_readers)
 
     def _publish(self, shapes: dict, tensors, version: int, remote_readers: bool) -> WeightsHandle:
         if self.publisher is None:
             tr = self.cfg.trainer  # pipelined: loads queue behind up to max_staleness generations
             self.publisher = WeightsPublisher(slots=tr.max_staleness + 1 if tr.mode == "pipelined" else 2)
-        handle = self.publisher.publish_stream(shapes, tensors, version, remote_readers)
+        handle = self.publisher.publish(shapes, tensors, version, remote_readers)
         if self.publisher.note:
             print(f"rlreason learner: {self.publisher.note}", flush=True)
             self.publisher.note = None
@@ -360,11 +354,15 @@ class LearnerWorker:
     def node(self) -> str:
         return node_id()
 
-    def _cpu_state(self) -> dict[str, Tensor]:
-        """The policy's full state dict on CPU, on every rank (ZeRO-3: one module gathered at a time)."""
+    def _state_pairs(self):
+        """(name, full tensor) pairs of the policy's state dict (ZeRO-3: one module gathered at a time,
+        so every rank must iterate them all)."""
         module = self.engine.module
-        pairs = zero3_tensors(module) if self.cfg.learner.zero_stage == 3 else module.state_dict().items()
-        return {k: v.detach().to("cpu", copy=True) for k, v in pairs}
+        return zero3_tensors(module) if self.cfg.learner.zero_stage == 3 else iter(module.state_dict().items())
+
+    def _cpu_state(self) -> dict[str, Tensor]:
+        """The policy's full state dict on CPU, on every rank."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self._state_pairs()}
 
     def reset_reference(self) -> None:
         """Make the reference policy a copy of the current one (after the SFT warm-up: KL is then

@@ -60,16 +60,11 @@ class WeightsPublisher:
         self.note: Optional[str] = None  # why the shared file is not used, said once by the caller
         atexit.register(self.close)
 
-    def publish(self, state: dict[str, Tensor], version: int, remote_readers: bool) -> WeightsHandle:
-        """Copy ``state`` into the file of ``version``'s slot; with ``remote_readers`` (or without room
-        in /dev/shm) into the object store instead or as well, for readers on other nodes."""
-        shapes = {name: (t.dtype, list(t.shape)) for name, t in state.items()}
-        return self.publish_stream(shapes, iter(state.items()), version, remote_readers)
-
-    def publish_stream(self, shapes: dict[str, tuple[torch.dtype, list[int]]], tensors: Iterator[tuple[str, Tensor]],
+    def publish(self, shapes: dict[str, tuple[torch.dtype, list[int]]], tensors: Iterator[tuple[str, Tensor]],
                        version: int, remote_readers: bool) -> WeightsHandle:
-        """``publish`` with the tensors arriving one by one (ZeRO-3 gathers one module at a time): the
-        layout comes from ``shapes`` (name -> dtype, shape), in its order."""
+        """Copy the tensors, arriving one by one (ZeRO-3 gathers one module at a time), into the file of
+        ``version``'s slot, laid out as ``shapes`` (name -> dtype, shape) says; with ``remote_readers``
+        (or without room in /dev/shm) into the object store instead or as well, for other nodes."""
         layout, offset = [], 0
         for name, (dtype, shape) in shapes.items():
             layout.append((name, str(dtype).removeprefix("torch."), list(shape), offset))

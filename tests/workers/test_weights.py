@@ -12,6 +12,11 @@ import torch
 from rlreason.workers import weights
 
 
+def publish(pub, state, version, remote_readers=False):
+    return pub.publish({k: (v.dtype, list(v.shape)) for k, v in state.items()}, iter(state.items()), version,
+                       remote_readers)
+
+
 def state(scale=1.0):
     return {"a": torch.arange(12, dtype=torch.float32).reshape(3, 4) * scale,
             "b": (torch.ones(5, dtype=torch.bfloat16) * scale), "steps": torch.tensor([7, 8], dtype=torch.int64),
@@ -21,8 +26,8 @@ def state(scale=1.0):
 def test_published_weights_read_back_exactly_and_versions_alternate():
     pub = weights.WeightsPublisher()
     try:
-        h1 = pub.publish(state(1.0), version=1, remote_readers=False)
-        h2 = pub.publish(state(2.0), version=2, remote_readers=False)
+        h1 = publish(pub, state(1.0), 1)
+        h2 = publish(pub, state(2.0), 2)
         assert h1.path != h2.path and h1.ref is None
         for handle, scale in ((h1, 1.0), (h2, 2.0)):  # version 1 is intact after version 2 was written
             got = weights.read(handle)
@@ -40,7 +45,7 @@ def test_too_small_dev_shm_falls_back_to_the_object_store(ray_local, monkeypatch
 
     monkeypatch.setattr(weights.os, "statvfs", lambda path: Tiny())
     pub = weights.WeightsPublisher()
-    handle = pub.publish(state(), version=1, remote_readers=False)
+    handle = publish(pub, state(), 1)
     assert handle.path is None and handle.ref is not None and "too little" in pub.note
     assert torch.equal(weights.read(handle)["a"], state()["a"])
 
