@@ -20,6 +20,15 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwen_model_dir(tmp_path_factory):
+    """The realistic model: Qwen2.5's tokenizer (151k BPE, chat template) on a tiny random Qwen2."""
+    from rlreason.tasks.qwen_tiny import build_model
+
+    return build_model(str(tmp_path_factory.mktemp("qwen")), seed=0, hidden_size=32, num_layers=1,
+                       num_heads=4, num_kv_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="session")
 def eos_model_dir(tmp_path_factory, tiny_model_dir):
     """The tiny model trained for a moment to answer every prompt with ' ok' and EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

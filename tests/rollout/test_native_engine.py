@@ -81,3 +81,23 @@ def test_same_seed_same_samples_and_groups_are_indexed(tiny_model_dir):
     assert not torch.equal(a.response_ids, c.response_ids)
     assert a.group_index.tolist() == [0, 0, 1, 1, 1, 2]
     assert a.batch_sizes[0] == 6 and a.gen_tokens == int(a.response_mask.sum())
+
+
+def test_realistic_model_greedy_matches_hf_and_every_end_token_stops(qwen_model_dir):
+    """Qwen2.5's tokenizer and chat template, GQA and a 152k vocabulary; generation_config lists two
+    end tokens, and whichever comes first ends the response."""
+    eng, tok, model = engine_for(qwen_model_dir)
+    chats = [[{"role": "user", "content": q}] for q in ("What is 2+3?", "Name a prime number larger than 10.")]
+    ids = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False) for c in chats]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    out = eng.generate(GenerationRequest(ids, [1, 1], 0, greedy, 0))
+    for i, p in enumerate(ids):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[0, len(p):]
+        assert out.response_ids[i, :8].tolist() == ref.tolist()
+    # Make the last new greedy token of row 0 an end token: that row now stops at its first occurrence.
+    tokens = out.response_ids[0, :8].tolist()
+    k = max(tokens.index(t) for t in tokens)
+    model.generation_config.eos_token_id = [tok.eos_token_id, tokens[k]]
+    stopped = NativeEngine(model, tok).generate(GenerationRequest(ids[:1], [1], 0, greedy, 0))
+    assert stopped.lengths.tolist() == [k + 1.0] and not stopped.truncated.any()
+    assert stopped.response_ids[0, :k + 1].tolist() == tokens[:k + 1]
