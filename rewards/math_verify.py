@@ -82,7 +82,7 @@ def math_verify(
     if timeout_s and timeout_s > 0 and threading.current_thread() is threading.main_thread():
         seconds = max(1, math.ceil(timeout_s))
 
-    gold = _parse_plain(str(ground_truth).strip(), seconds)
+    gold = _parse_plain(gold_answer(ground_truth), seconds)
     if not gold:
         return None
 
@@ -102,6 +102,15 @@ def math_verify(
     parsed = correct or any(not isinstance(p, str) for p in pred)
     score = (correct_score if correct else incorrect_score) + (format_reward if parsed else 0.0)
     return {"score": float(score), "correct": float(correct), "parsed": float(parsed)}
+
+
+def gold_answer(ground_truth) -> str:
+    """The answer part of a ground truth: GSM8K's worked solutions end in ``#### N``, and only N counts
+    (its thousands commas dropped); without the marker, the whole string."""
+    text = str(ground_truth).strip()
+    if "####" in text:
+        text = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text
 
 
 @functools.lru_cache(maxsize=4096)

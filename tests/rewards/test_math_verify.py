@@ -116,6 +116,17 @@ def test_non_string_gold():
     assert math_verify(response=r"\boxed{\frac{1}{2}}", ground_truth=0.5)["correct"] == 1.0
 
 
+def test_gsm8k_gold_counts_only_the_number_after_the_marker():
+    # The worked solution has other numbers, dollar signs (LaTeX delimiters to math-verify) and a
+    # thousands comma; only "#### 1,200" is the answer.
+    gold = "He saves $<<5*200=1000>>1,000 and then 200 more: 1000 + 200 = <<1000+200=1200>>1200.\n#### 1,200"
+    assert math_verify(response="\\boxed{1200}", ground_truth=gold)["correct"] == 1.0
+    for wrong in ("1000", "200", "5"):
+        assert math_verify(response=f"\\boxed{{{wrong}}}", ground_truth=gold)["correct"] == 0.0
+    assert math_verify(response="\\boxed{-3}", ground_truth="It drops by 3.\n#### -3")["correct"] == 1.0
+    assert mv_module.gold_answer(gold) == "1200" and mv_module.gold_answer(" 7 ") == "7"
+
+
 def test_answer_pattern_uses_last_match_instead_of_box():
     pat = r"Answer:\s*(.+)"
     resp = "Answer: 16\nno wait\nAnswer: 17."
