@@ -186,9 +186,12 @@ def _check_rewards(cfg: RunConfig) -> None:
     for i, spec in enumerate(cfg.reward.functions):
         where = f"reward.functions[{i}] ({spec.name})"
         try:
-            resolve(spec.name)  # imports the function here, so a typo fails before any model loads
+            kind = resolve(spec.name).kind  # imports the function here, so a typo fails before any model loads
         except RegistryError as e:
             raise ConfigError(f"{where}: {e}") from None
+        _require(kind != "model" or cfg.rollout.engine != "vllm",
+                 f"{where} scores with the policy model (a model reward), which the rollout workers hold only with "
+                 "rollout.engine=native; vLLM keeps no Hugging Face copy: use rollout.engine=native or drop it")
         for column, wanted in spec.when.items():
             values = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]
             _require(all(isinstance(x, (str, int, float, bool)) for x in values),

@@ -33,13 +33,40 @@ def test_recipe_overrides_only_what_it_names():
     assert cfg.model.builder  # set by the recipe
 
 
-def test_every_builtin_recipe_composes_and_validates():
+def test_every_builtin_recipe_composes_and_validates(monkeypatch):
+    import rlreason.config.validate as v
+
     names = list(list_recipes())
     assert len(names) >= 30 and "quickstart" in names  # the recipes folder was found and read
+    # The GPU recipes roll out with vLLM: validated as on a machine that has it (without it they are
+    # refused by name, test_vllm_recipe_is_refused_here_without_vllm).
+    monkeypatch.setattr(v, "vllm_installed", lambda: True)
+    engines = {}
     for name in names:
         cfg = load_config([f"recipe={name}"])
         validate(cfg)
         assert cfg.recipe == name and (cfg.model.path or cfg.model.builder)
+        engines[name] = cfg.rollout.engine
+    gpu = {n for n in names if load_config([f"recipe={n}"]).cluster.gpus_per_node > 0}
+    assert gpu and all(engines[n] == "vllm" for n in gpu)  # a GPU recipe means vLLM rollouts
+    assert all(engines[n] == "native" for n in set(names) - gpu)
+
+
+def test_vllm_recipe_is_refused_here_without_vllm(monkeypatch):
+    import rlreason.config.validate as v
+
+    monkeypatch.setattr(v, "vllm_installed", lambda: False)
+    with pytest.raises(ConfigError, match="rollout.engine=vllm needs vLLM"):
+        validate(load_config(["recipe=dr_grpo_qwen2.5_math_7b"]))
+
+
+def test_vllm_with_a_model_reward_is_refused_by_name(monkeypatch):
+    import rlreason.config.validate as v
+
+    monkeypatch.setattr(v, "vllm_installed", lambda: True)
+    cfg = load_config(["recipe=dr_grpo_qwen2.5_math_7b", "reward.functions=[{name: math_verify}, {name: likelihood}]"])
+    with pytest.raises(ConfigError, match=r"reward.functions\[1\] \(likelihood\).*rollout.engine=native"):
+        validate(cfg)
 
 
 def test_unknown_key_names_it_and_suggests():

@@ -10,7 +10,10 @@ from rlreason.rollout.spec.selector import AdaptiveK
 
 
 @pytest.mark.parametrize("recipe", sorted(list_recipes()))
-def test_every_recipe_validates_with_speculative_decoding_on(recipe):
+def test_every_recipe_validates_with_speculative_decoding_on(recipe, monkeypatch):
+    import rlreason.config.validate as v
+
+    monkeypatch.setattr(v, "vllm_installed", lambda: True)  # the GPU recipes' engine, as where vLLM is installed
     cfg = load_config([f"recipe={recipe}", "rollout.spec.enable=true"])
     validate(cfg)
     assert cfg.rollout.spec.enable and cfg.rollout.spec.drafter == "eagle"
