@@ -27,6 +27,7 @@ from rlreason.config.schema import RunConfig
 from rlreason.kernels.lm_head import model_logprobs_entropy
 from rlreason.models import load_model
 from rlreason.workers.extensions import prepare_extensions_dir
+from rlreason.workers.reference import maybe_reference
 from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch, UpdateStats
@@ -56,9 +57,9 @@ def deepspeed_config(cfg: RunConfig) -> dict:
 
 
 def load_policy(model_path: str, cfg: RunConfig, device: str):
-    """The policy to train. With ZeRO-3 it is built and loaded partitioned (transformers runs
-    ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` lives), so no rank ever holds the whole model;
-    the reference model, which DeepSpeed does not wrap, is loaded after and whole."""
+    """The policy to train (and the reference's starting point). With ZeRO-3 it is built and loaded
+    partitioned (transformers runs ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` lives), so no
+    rank ever holds the whole model."""
     if cfg.learner.zero_stage != 3:
         return load_model(model_path, cfg.model, device)
     from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
@@ -128,10 +129,7 @@ class LearnerWorker:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         require_own_accumulation(self.engine, deepspeed.__version__)
-        self.ref: Optional[torch.nn.Module] = None
-        self.ref_is_reset = False  # True once the reference is no longer the initial model
-        if cfg.algorithm.kl_coef > 0 or cfg.algorithm.track_kl:
-            self.ref = load_model(model_path, cfg.model, self.device).eval().requires_grad_(False)
+        self.ref = maybe_reference(cfg, model_path, self.device, load_policy, deepspeed_config(cfg))
         POLICY_LOSSES.entry(cfg.algorithm.loss)  # fail here, naming the loss, if it does not resolve
         self.temperature = logprob_temperature(cfg.rollout.temperature)
         self.optimizer_steps = 0
@@ -182,7 +180,7 @@ class LearnerWorker:
                 olds.append(_widen(lp, width))
                 ents.append(_widen(ent, width))
             if self.ref is not None:
-                refs.append(_widen(self._forward(self.ref, mb, with_entropy=False)[0], width))
+                refs.append(_widen(self._forward(self.ref.model, mb, with_entropy=False)[0], width))
         cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
         return LogprobResult(cat(olds), cat(ents), cat(refs))
 
@@ -367,10 +365,8 @@ class LearnerWorker:
     def reset_reference(self) -> None:
         """Make the reference policy a copy of the current one (after the SFT warm-up: KL is then
         measured against the warmed-up model, as in an SFT -> RL pipeline). Every rank calls."""
-        if self.ref is None:
-            return
-        self.ref.load_state_dict(self._cpu_state())
-        self.ref_is_reset = True
+        if self.ref is not None:
+            self.ref.copy_from(self.engine.module)
 
     # ---- checkpoints (rlreason.checkpoint; every rank calls) ------------------------------------
 
@@ -379,9 +375,10 @@ class LearnerWorker:
         a reference policy that is not the initial model (``reset_reference``) goes beside it."""
         self.engine.save_checkpoint(path, tag="deepspeed", save_latest=False, client_state={
             "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()})
-        if self.ref_is_reset and self.rank == 0:
-            torch.save({k: v.detach().to("cpu", copy=True) for k, v in self.ref.state_dict().items()},
-                       os.path.join(path, "reference.pt"))
+        if self.ref is not None and self.ref.is_reset:
+            state = self.ref.full_state()  # every rank: ZeRO-3 gathers
+            if self.rank == 0:
+                torch.save(state, os.path.join(path, "reference.pt"))
 
     def load_checkpoint(self, path: str) -> None:
         loaded, client = self.engine.load_checkpoint(path, tag="deepspeed", load_optimizer_states=True,
@@ -392,8 +389,7 @@ class LearnerWorker:
         torch.set_rng_state(client["torch_rng"])
         ref_path = os.path.join(path, "reference.pt")
         if self.ref is not None and os.path.isfile(ref_path):
-            self.ref.load_state_dict(torch.load(ref_path, map_location=self.device))
-            self.ref_is_reset = True
+            self.ref.load_full(torch.load(ref_path, map_location=self.device), self.rank)
 
 
 def _widen(x: Tensor, width: int) -> Tensor:
