@@ -60,13 +60,14 @@ def load_policy(model_path: str, cfg: RunConfig, device: str):
     """The policy to train (and the reference's starting point). With ZeRO-3 it is built and loaded
     partitioned (transformers runs ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` lives), so no
     rank ever holds the whole model."""
+    model_cfg = replace(cfg.model, attn_implementation=cfg.learner.attn_implementation or cfg.model.attn_implementation)
     if cfg.learner.zero_stage != 3:
-        return load_model(model_path, cfg.model, device)
+        return load_model(model_path, model_cfg, device)
     from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
     marker = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (transformers holds only a weak reference)
     try:
-        return load_model(model_path, cfg.model, device)
+        return load_model(model_path, model_cfg, device)
     finally:
         unset_hf_deepspeed_config()
 
