@@ -1,7 +1,8 @@
 """The RL step, rlreason against TRL's GRPOTrainer, side by side on the same CPU cores (JSON).
 
     pip install -e '.[bench]' -c constraints-cpu.txt     # TRL (no model or data downloads)
-    python scripts/bench_step.py --reps 3                # both sizes, every framework, interleaved
+    python scripts/bench_step.py --reps 3                # both sizes, every framework, interleaved (fp32)
+    python scripts/bench_step.py --frameworks trl,trl:bf16,rlreason:bf16 --attn eager   # TRL's best vs bf16
     python scripts/bench_step.py --smoke                 # a tiny model, 2 steps: a plumbing check
 
 Workload (the same for every framework): a randomly initialised Llama saved with ``save_pretrained``
@@ -20,6 +21,13 @@ threads per process, for all or per framework; rlreason's rollout worker and lea
 processes and get that many each. The README's table gives each framework its best setting for 2
 cores: TRL and synchronous rlreason 2 (one phase runs at a time), pipelined rlreason 1 per actor
 (generation and training run at the same time, one core each).
+
+Precision: each run in ``--frameworks`` is ``FRAMEWORK[:fp32|bf16]``. bf16 is TRL's mixed precision
+(``bf16=True``: autocast over fp32 weights) and rlreason's ``model.dtype=bfloat16`` (bf16 weights in
+the rollout engine and the learner, fp32 master weights in DeepSpeed's optimizer); CPUs with AMX run
+bf16 matrix multiplies several times faster than fp32. Each rlreason run is compared with the fastest
+TRL run of its repetition, so TRL is always at its best precision. ``--attn`` sets the training
+forward's attention (TRL: the model's, which it also generates with; rlreason: the learner's).
 
 Peak RSS is sampled every 0.2 s over the whole process tree (Ray's workers included) and also
 given for the driver alone (``driver_peak_rss_mb``).
@@ -135,7 +143,8 @@ def run_trl(args) -> dict:
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=PROMPTS * GROUP,
         num_generations=GROUP, max_completion_length=MAX_NEW, temperature=1.0, learning_rate=LR, beta=0.0,
         num_iterations=1, steps_per_generation=1, gradient_accumulation_steps=1, max_steps=args.steps,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0, disable_tqdm=True,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=args.precision == "bf16", seed=0,
+        disable_tqdm=True, model_init_kwargs={"attn_implementation": args.attn},
         dataloader_num_workers=0)
     trainer = GRPOTrainer(model=args.model, reward_funcs=trl_exact_sum, args=config,
                           train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(args.model),
@@ -177,11 +186,13 @@ def run_rlreason(args, pipelined: bool) -> dict:
     overrides = [
         "recipe=quickstart", f"model.path={args.model}", f"data.train={args.data}", "data.val=null",
         f"data.prompts_per_step={PROMPTS}", f"rollout.n={GROUP}", f"rollout.max_new_tokens={MAX_NEW}",
-        "rollout.temperature=1.0", f"learner.lr={LR}", "learner.micro_batch_size=8", "algorithm.track_kl=false",
+        "rollout.temperature=1.0", f"learner.lr={LR}", f"learner.micro_batch_size={PROMPTS * GROUP}",
+        f"learner.attn_implementation={args.attn}", "algorithm.track_kl=false",
         "algorithm.kl_coef=0", f"trainer.total_steps={args.steps}", "trainer.sft.steps=0", "trainer.eval_every=0",
         "trainer.save_final=false", "trainer.progress=false", "trainer.loggers=[jsonl]",
         f"reward.functions=[{{name: '{reward}'}}]", f"rollout.threads={args.threads}",
         f"learner.threads={args.threads}", "reward.processes=1",
+        f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}",
     ]
     overrides.append(f"trainer.mode={mode}")
     run_dir = tempfile.mkdtemp(prefix="bench-rlreason-")
@@ -204,19 +215,33 @@ def worker(args) -> None:
 
 # ---- the driver ---------------------------------------------------------------------------------
 
-def threads_for(spec: str, framework: str) -> int:
-    """``spec``: "N" for every framework, or "name=N,..." (a framework not named gets 1)."""
+def setting_for(spec: str, framework: str, default: str = "") -> str:
+    """``spec``: one value for every framework, or "name=value,..." (a framework not named gets ``default``)."""
     if "=" not in spec:
-        return int(spec)
-    return int(dict(x.split("=") for x in spec.split(",")).get(framework, 1))
+        return spec
+    return dict(x.split("=") for x in spec.split(",")).get(framework, default)
 
 
-def launch(framework: str, model: str, data: str, args) -> dict:
+def threads_for(spec: str, framework: str) -> int:
+    return int(setting_for(spec, framework, "1"))
+
+
+def split_variant(variant: str) -> tuple[str, str]:
+    """``trl:bf16`` -> (``trl``, ``bf16``); a bare framework name runs in fp32."""
+    framework, _, precision = variant.partition(":")
+    if framework not in FRAMEWORKS or precision not in ("", "fp32", "bf16"):
+        raise SystemExit(f"--frameworks: {variant!r} is not FRAMEWORK[:fp32|bf16] (frameworks: {', '.join(FRAMEWORKS)})")
+    return framework, precision or "fp32"
+
+
+def launch(variant: str, model: str, data: str, args) -> dict:
+    framework, precision = split_variant(variant)
     threads = threads_for(args.threads, framework)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--data", data,
-           "--steps", str(args.steps), "--threads", str(threads), "--launched", repr(time.time())]
+           "--steps", str(args.steps), "--threads", str(threads), "--precision", precision,
+           "--attn", setting_for(args.attn, framework, "sdpa"), "--launched", repr(time.time())]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
     if line is None:
@@ -225,29 +250,37 @@ def launch(framework: str, model: str, data: str, args) -> dict:
 
 
 def ratios(runs: list[dict], reps: int) -> dict:
-    """Per repetition: TRL's s/step over each rlreason mode's; median, min, max."""
+    """Per repetition: the fastest TRL variant's s/step over each rlreason variant's; median, min, max."""
     out = {}
     for size in dict.fromkeys(r["size"] for r in runs):
-        for mode in ("rlreason", "rlreason-pipelined"):
+        variants = dict.fromkeys(r["variant"] for r in runs if r["size"] == size and not r["variant"].startswith("trl"))
+        for variant in variants:
             values = []
             for rep in range(reps):
-                pick = {r["framework"]: r for r in runs if r["size"] == size and r["rep"] == rep and "s_per_step" in r}
-                if "trl" in pick and mode in pick:
-                    values.append(pick["trl"]["s_per_step"] / pick[mode]["s_per_step"])
+                done = [r for r in runs if r["size"] == size and r["rep"] == rep and "s_per_step" in r]
+                trl = [r["s_per_step"] for r in done if r["variant"].startswith("trl")]
+                mine = [r["s_per_step"] for r in done if r["variant"] == variant]
+                if trl and mine:
+                    values.append(min(trl) / mine[0])
             if values:
-                out[f"{size}/{mode}_speed_vs_trl"] = {"median": statistics.median(values), "min": min(values),
-                                                      "max": max(values), "reps": len(values)}
+                out[f"{size}/{variant}_speed_vs_trl"] = {"median": statistics.median(values), "min": min(values),
+                                                         "max": max(values), "reps": len(values)}
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="small,large")
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="runs per repetition, FRAMEWORK[:fp32|bf16] each, e.g. trl:fp32,trl:bf16,rlreason:bf16; "
+                        "each rlreason run is compared with the fastest TRL run of its repetition")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", default="1", help="torch threads per process: N, or per framework, e.g. "
                    "trl=2,rlreason=2,rlreason-pipelined=1")
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)  # a worker's: from its variant
+    p.add_argument("--attn", default="sdpa", help="the training forward's attention (sdpa or eager), for all or per "
+                   "framework (TRL: the model's; rlreason: learner.attn_implementation, rollouts keep sdpa)")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "rlreason-bench-step"))
     p.add_argument("--timeout-s", type=float, default=1800)
     p.add_argument("--smoke", action="store_true", help="the tiny model, 2 steps, one repetition")
@@ -263,17 +296,22 @@ def main() -> None:
         args.sizes, args.steps, args.reps = "tiny", 2, 1
     os.makedirs(args.cache, exist_ok=True)
     frameworks = args.frameworks.split(",")
+    for variant in frameworks:
+        split_variant(variant)  # fail before any run
     runs = []
     for size in args.sizes.split(","):
         model, data = prepare(args.cache, size)
         for rep in range(args.reps):
             order = frameworks[rep % len(frameworks):] + frameworks[:rep % len(frameworks)]
-            for framework in order:
-                result = {"size": size, "rep": rep, "framework": framework,
-                          "threads": threads_for(args.threads, framework), **launch(framework, model, data, args)}
+            for variant in order:
+                framework, precision = split_variant(variant)
+                result = {"size": size, "rep": rep, "variant": variant, "framework": framework,
+                          "threads": threads_for(args.threads, framework), "precision": precision,
+                          "attn": setting_for(args.attn, framework, "sdpa"), **launch(variant, model, data, args)}
                 print(json.dumps(result), flush=True)
                 runs.append(result)
-    print(json.dumps({"summary": ratios(runs, args.reps), "threads": args.threads, "steps": args.steps}), flush=True)
+    print(json.dumps({"summary": ratios(runs, args.reps), "threads": args.threads, "attn": args.attn,
+                      "steps": args.steps}), flush=True)
 
 
 if __name__ == "__main__":

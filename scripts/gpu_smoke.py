@@ -73,8 +73,8 @@ def chat_rows(tok, n: int, seed: int) -> tuple[list[list[int]], list[list[int]]]
     """(prompt ids, solution ids + <|im_end|>) of ``n`` GSM8K-format rows, in the chat template."""
     rng = random.Random(seed)
     rows = [word_problems.make_row(rng) for _ in range(n)]
-    prompts = [tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["question"]}],
-                                       add_generation_prompt=True, tokenize=True, return_dict=False) for r in rows]
+    chats = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["question"]}] for r in rows]
+    prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False) for c in chats]
     return prompts, [tok.encode(r["solution"], add_special_tokens=False) + [tok.eos_token_id] for r in rows]
 
 
@@ -152,7 +152,8 @@ def step_kernels(plan: Plan, ctx: dict) -> dict:
                           "err_dw": err[3], "peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20
                           if plan.device == "cuda" else None}
         for impl in plan.impls[1:]:  # no worse than the naive path in the same dtype (plus fp32 rounding)
-            worse = [k for k in ("err_lp", "err_ent", "err_dh", "err_dw") if rows[impl][k] > 2 * rows["naive"][k] + 1e-4]
+            keys = ("err_lp", "err_ent", "err_dh", "err_dw")
+            worse = [k for k in keys if rows[impl][k] > 2 * rows["naive"][k] + 1e-4]
             rows[impl]["ok"] = not worse
             ok &= not worse
         out[f"V{v}"] = rows
@@ -198,7 +199,8 @@ def step_engine(plan: Plan, ctx: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(ctx["path"], dtype=plan.dtype).to(plan.device).eval()
     prompts, _ = chat_rows(tok, max(plan.batches), seed=10_000)
     start = time.perf_counter()
-    drafter, info = _train_drafter(model, tok, chat_rows(tok, 256 if plan.device == "cuda" else 8, seed=20_000)[0], plan)
+    own, _ = chat_rows(tok, 256 if plan.device == "cuda" else 8, seed=20_000)  # the drafter's training prompts
+    drafter, info = _train_drafter(model, tok, own, plan)
     info["drafter_train_s"] = time.perf_counter() - start
     native, spec = NativeEngine(model, tok), SpeculativeEngine(model, tok, drafter, FixedK(3))
     for b in plan.batches:

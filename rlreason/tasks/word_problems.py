@@ -18,58 +18,53 @@ NAMES = [("Natalia", "she"), ("Tom", "he"), ("Aisha", "she"), ("Ken", "he"), ("M
 ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "stamps"]
 
 
-def _step(a: int, op: str, b: int) -> tuple[str, str, int]:
-    """One calculation, as GSM8K writes it (``a * b = <<a*b=c>>c``) and plainly (``a * b = c``)."""
-    c = {"*": a * b, "+": a + b, "-": a - b}[op]
-    return f"{a} {op} {b} = <<{a}{op}{b}={c}>>{c}", f"{a} {op} {b} = {c}", c
-
-
-def _boxes_given_away(rng: random.Random) -> tuple[str, list[str], int]:
+def _boxes_given_away(rng: random.Random) -> tuple[str, list[tuple], list[str]]:
+    """(question, calculations, one line per calculation); ``None`` stands for the previous result."""
     (name, pron), item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(2, 9), rng.randint(2, 12)
     c = rng.randint(1, a * b - 1)
     q = (f"{name} has {a} boxes of {item}. Each box holds {b} {item}. {pron.capitalize()} gives away {c} {item}. "
          f"How many {item} does {name} have left?")
-    calc1, plain1, total = _step(a, "*", b)
-    calc2, plain2, left = _step(total, "-", c)
     lines = [f"{name} has {{}} {item}.", f"After giving away {c}, {pron} has {{}} {item} left."]
-    return q, _both(lines, [(calc1, plain1), (calc2, plain2)]), left
+    return q, [(a, "*", b), (None, "-", c)], lines
 
 
-def _change(rng: random.Random) -> tuple[str, list[str], int]:
+def _change(rng: random.Random) -> tuple[str, list[tuple], list[str]]:
     (name, pron), item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(2, 9), rng.randint(1, 9)
     paid = rng.choice([p for p in (10, 20, 50, 100) if p > a * b])
     q = (f"{name} buys {a} {item} at ${b} each and pays with a ${paid} bill. "
          f"How many dollars of change does {pron} get?")
-    calc1, plain1, cost = _step(a, "*", b)
-    calc2, plain2, change = _step(paid, "-", cost)
-    lines = [f"The {item} cost ${{}}.", f"The change is ${{}}."]
-    return q, _both(lines, [(calc1, plain1), (calc2, plain2)]), change
+    return q, [(a, "*", b), (paid, "-", None)], [f"The {item} cost ${{}}.", "The change is ${}."]
 
 
-def _pages(rng: random.Random) -> tuple[str, list[str], int]:
+def _pages(rng: random.Random) -> tuple[str, list[tuple], list[str]]:
     name, pron = rng.choice(NAMES)
     a, b, c = rng.randint(5, 30), rng.randint(2, 7), rng.randint(1, 20)
     q = (f"{name} reads {a} pages a day for {b} days, then {c} pages on the last day. "
          f"How many pages does {pron} read in total?")
-    calc1, plain1, first = _step(a, "*", b)
-    calc2, plain2, total = _step(first, "+", c)
     lines = [f"In {b} days {pron} reads {{}} pages.", "With the last day that makes {} pages."]
-    return q, _both(lines, [(calc1, plain1), (calc2, plain2)]), total
+    return q, [(a, "*", b), (None, "+", c)], lines
 
 
-def _both(lines: list[str], steps: list[tuple[str, str]]) -> list[str]:
-    """The GSM8K text and the plain text of the same steps."""
-    return ["\n".join(line.format(calc) for line, (calc, _) in zip(lines, steps)),
-            "\n".join(line.format(plain) for line, (_, plain) in zip(lines, steps))]
+def solve(calcs: list[tuple], lines: list[str]) -> tuple[str, str, int]:
+    """Work the calculations in order: GSM8K's text (``a * b = <<a*b=c>>c``), the plain text
+    (``a * b = c``) and the answer."""
+    gsm8k, plain, result = [], [], None
+    for (a, op, b), line in zip(calcs, lines):
+        a, b = (result if a is None else a), (result if b is None else b)
+        result = {"*": a * b, "+": a + b, "-": a - b}[op]
+        gsm8k.append(line.format(f"{a} {op} {b} = <<{a}{op}{b}={result}>>{result}"))
+        plain.append(line.format(f"{a} {op} {b} = {result}"))
+    return "\n".join(gsm8k), "\n".join(plain), result
 
 
 PROBLEMS = [_boxes_given_away, _change, _pages]
 
 
 def make_row(rng: random.Random) -> dict:
-    question, (gsm8k_steps, plain_steps), answer = rng.choice(PROBLEMS)(rng)
+    question, calcs, lines = rng.choice(PROBLEMS)(rng)
+    gsm8k_steps, plain_steps, answer = solve(calcs, lines)
     return {
         "question": question,
         "answer": f"{gsm8k_steps}\n#### {answer}",  # GSM8K's column: the ground truth
