@@ -284,9 +284,12 @@ def step_vllm(plan: Plan, ctx: dict) -> dict:
     prompts, _ = chat_rows(tok, 8, seed=40_000)
     greedy = GenerationRequest(prompts, [1] * 8, 0, SamplingParams(temperature=0.0, max_new_tokens=32), 0)
 
+    def rows(batch) -> list[list[int]]:
+        return [batch.response_ids[i, :int(batch.response_mask[i].sum())].tolist() for i in range(len(batch))]
+
     def agreement() -> float:  # share of rows whose greedy tokens equal HF's (bf16: near-ties may flip)
-        got, want = engine.generate(greedy), NativeEngine(hf, tok).generate(greedy)
-        return float((got.response_ids == want.response_ids).all(1).float().mean())
+        got, want = rows(engine.generate(greedy)), rows(NativeEngine(hf, tok).generate(greedy))
+        return sum(a == b for a, b in zip(got, want)) / len(want)
 
     info["greedy_equal_before_sync"] = agreement()
     free = []
@@ -311,7 +314,7 @@ def _vllm_train(ctx: dict) -> dict:
     if importlib.util.find_spec("ray") is None:
         return {"not_run": "Ray is not installed"}
     run = os.path.join(ctx["dir"], "vllm_run")
-    cmd = ["rlreason", "train", "recipe=qwen_tiny_gsm8k_format", f"model.path={ctx['path']}", "model.dtype=bfloat16",
+    cmd = [sys.executable, "-m", "rlreason", "train", "recipe=qwen_tiny_gsm8k_format", f"model.path={ctx['path']}", "model.dtype=bfloat16",
            "rollout.engine=vllm", "cluster.placement=colocate", "cluster.gpus_per_node=1", "trainer.total_steps=3",
            "trainer.sft.steps=0", f"trainer.output_dir={run}", "trainer.progress=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
