@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -37,6 +38,7 @@ from types import SimpleNamespace
 import torch
 
 from rlreason.rollout.native import NativeEngine
+from rlreason.rollout.vllm_engine import VLLMEngine, VLLMSettings, shutdown
 from rlreason.tasks import qwen_tiny, word_problems
 from rlreason.types import GenerationRequest, SamplingParams
 
@@ -201,6 +203,7 @@ def step_engine(plan: Plan, ctx: dict) -> dict:
     start = time.perf_counter()
     own, _ = chat_rows(tok, 256 if plan.device == "cuda" else 8, seed=20_000)  # the drafter's training prompts
     drafter, info = _train_drafter(model, tok, own, plan)
+    ctx.update(drafter=drafter, model=model)
     info["drafter_train_s"] = time.perf_counter() - start
     native, spec = NativeEngine(model, tok), SpeculativeEngine(model, tok, drafter, FixedK(3))
     for b in plan.batches:
@@ -209,11 +212,11 @@ def step_engine(plan: Plan, ctx: dict) -> dict:
         metrics = spec_metrics(stats)
         info[f"batch{b}_sd_accept_len"] = metrics.get("spec/accept_len")
     # Greedy: SD must give the target's own tokens. fp32, so batch-shape rounding cannot flip a near-tie.
-    model32 = model.float()
+    model32 = copy.deepcopy(model).float()  # copies: the vLLM step publishes the drafter in the run's dtype
     greedy = SamplingParams(temperature=0.0, max_new_tokens=plan.max_new)
     req = GenerationRequest(prompts[:8], [1] * min(8, len(prompts)), 0, greedy, 0)
     a = NativeEngine(model32, tok).generate(req)
-    b = SpeculativeEngine(model32, tok, drafter.float(), FixedK(3)).generate(req)
+    b = SpeculativeEngine(model32, tok, copy.deepcopy(drafter).float(), FixedK(3)).generate(req)
     info["greedy_equal_with_sd"] = bool(torch.equal(a.response_ids, b.response_ids))
     return {"ok": info["greedy_equal_with_sd"], **info}
 
@@ -276,8 +279,6 @@ def step_vllm(plan: Plan, ctx: dict) -> dict:
         return {"not_run": "vLLM is not installed (pip install 'rlreason[gpu]' in a CUDA environment)"}
     from transformers import AutoModelForCausalLM
 
-    from rlreason.rollout.vllm_engine import VLLMEngine, VLLMSettings
-
     tok, info = ctx["tok"], {}
     engine = VLLMEngine.build(VLLMSettings(model=ctx["path"], gpu_memory_utilization=0.3, max_model_len=1024), tok)
     hf = AutoModelForCausalLM.from_pretrained(ctx["path"], dtype=plan.dtype).to("cuda").eval()
@@ -304,10 +305,42 @@ def step_vllm(plan: Plan, ctx: dict) -> dict:
     engine.sleep(1)
     engine.wake_up()
     info["greedy_equal_after_wake"] = agreement()
+    shutdown(engine.llm)
+    info["eagle"] = _vllm_eagle(ctx, greedy, rows(NativeEngine(hf, tok).generate(greedy)), rows)
     info["train_3_steps"] = _vllm_train(ctx)
     flat = max(free) - min(free) < 256
     ok = flat and min(info["greedy_equal_after_sync"], info["greedy_equal_after_wake"]) >= 0.75
-    return {"ok": ok and info["train_3_steps"].get("ok", False), **info}
+    later = [info["eagle"], info["train_3_steps"]]  # a part that could not run here does not fail the step
+    return {"ok": ok and all(r.get("ok", "not_run" in r) for r in later), **info}
+
+
+def _vllm_eagle(ctx: dict, greedy: GenerationRequest, want: list[list[int]], rows) -> dict:
+    """vLLM with EAGLE, started from an untrained drafter; the trained one (the engine step's) is then
+    published as the RL loop publishes it. Acceptance must rise and greedy tokens must stay the target's."""
+    if "drafter" not in ctx:
+        return {"not_run": "the engine step trained no drafter"}
+    from transformers import AutoConfig
+
+    from rlreason.rollout.spec.build import build_drafter
+    from rlreason.rollout.spec.stats import spec_metrics
+    from rlreason.rollout.vllm_convert import drafter_tensors, write_drafter_checkpoint
+
+    trained = ctx["drafter"]
+    fresh = build_drafter(EAGLE, ctx["model"], seed=1).to(trained.dtype)
+    ckpt = write_drafter_checkpoint(fresh, AutoConfig.from_pretrained(ctx["path"]), os.path.join(ctx["dir"], "eagle"))
+    engine = VLLMEngine.build(VLLMSettings(model=ctx["path"], gpu_memory_utilization=0.3, max_model_len=1024,
+                                           method="eagle", k=3, draft_model=ckpt), ctx["tok"])
+    engine.remember_drafter(drafter_tensors(fresh.state_dict(), "eagle")[0])
+    try:
+        before = spec_metrics(engine.generate(greedy).stats).get("spec/accept_len", 1.0)
+        dropped = engine.load_drafter_state(trained.state_dict())
+        out = engine.generate(greedy)
+        after = spec_metrics(out.stats).get("spec/accept_len", 1.0)
+        equal = sum(a == b for a, b in zip(rows(out), want)) / len(want)
+    finally:
+        shutdown(engine.llm)
+    return {"ok": after > before and equal >= 0.75 and not dropped, "accept_len_before_publish": before,
+            "accept_len_after_publish": after, "greedy_equal_hf": equal, "dropped": dropped}
 
 
 def _vllm_train(ctx: dict) -> dict:
