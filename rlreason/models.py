@@ -33,6 +33,21 @@ def resolve_model_path(cfg: ModelConfig, run_dir: str, seed: int) -> str:
     return out
 
 
+def save_random_model(model_cls, config, tokenizer, out_dir: str, seed: int, eos_token_id) -> str:
+    """Build ``model_cls(config)`` with a seeded random init (the caller's RNG untouched), let generation
+    stop at ``eos_token_id`` (an id or a list) and pad with the tokenizer's pad token, and save the
+    model and the tokenizer to ``out_dir``: a model dir like any downloaded one."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = eos_token_id
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def require_model_source(path: str, key: str, timeout_s: float = 5.0) -> None:
     """Fail in one line, at once, when ``path`` is neither a local dir nor a hub id we can fetch.
 

@@ -18,9 +18,10 @@ import os
 import random
 import string
 
-import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlreason.models import save_random_model
 
 DATA_SOURCE = "arithmetic"
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -170,12 +171,4 @@ def build_model(
         eos_token_id=tok.eos_token_id,
         bos_token_id=None,
     )
-    with torch.random.fork_rng():  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
+    return save_random_model(LlamaForCausalLM, config, tok, out_dir, seed, tok.eos_token_id)

@@ -15,12 +15,12 @@ checks it token for token against tiktoken on the same ranks.
 from __future__ import annotations
 
 import base64
-import os
 from importlib import resources
 
-import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from rlreason.models import save_random_model
 
 # Qwen's pre-tokenizer regex (Qwen2/2.5 tokenizer.json; single digits, unlike GPT-4's \p{N}{1,3}).
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -142,14 +142,6 @@ def build_model(
         bos_token_id=tok.convert_tokens_to_ids(ENDOFTEXT),
         eos_token_id=tok.convert_tokens_to_ids(IM_END),
     )
-    with torch.random.fork_rng():  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
     # Generation stops at either end token, as Qwen2.5-Instruct's generation_config says.
-    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.bos_token_id = tok.convert_tokens_to_ids(ENDOFTEXT)
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
+    ends = tok.convert_tokens_to_ids([IM_END, ENDOFTEXT])
+    return save_random_model(Qwen2ForCausalLM, config, tok, out_dir, seed, ends)
