@@ -2,7 +2,8 @@
 
 Prompts are left-padded (position ids from the attention mask, as the learner computes them);
 finished rows are dropped from the batch and the cache, so the long tail decodes at the size it
-really has. Deliberately not here: speculative decoding (a separate engine layer), paged
+really has. On CPU, decode steps of Llama-family models run through ``LeanDecoder`` (rollout/decoder.py);
+prefill and other models use the Hugging Face forward. Deliberately not here: speculative decoding (a separate engine layer), paged
 attention, continuous batching.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from rlreason.rollout.decoder import LeanCache, LeanDecoder, lean_decoder
 from rlreason.rollout.sampling import sample_tokens, token_logprobs
 from rlreason.types import GenerationRequest, RolloutBatch, SamplingParams
 
@@ -32,8 +35,8 @@ def cache_arg(model) -> str:
 class DecodeState:
     """Rows still decoding: their KV cache, attention mask, next positions and next-token logits."""
 
-    cache: object  # transformers DynamicCache over the live rows
-    mask: Tensor  # [live, P + t] attention mask
+    cache: object  # transformers DynamicCache over the live rows, or a LeanCache
+    mask: Tensor  # [live, P + t] attention mask (with a LeanCache: [live, P], the cache holds the rest)
     next_pos: Tensor  # [live] position id of the next token
     live: Tensor  # [live] original row index of each batch position
     logits: Tensor  # [live, V] logits of the next token
@@ -55,8 +58,10 @@ class _Rows:
 
 
 class NativeEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 0):
+    def __init__(self, model, tokenizer, max_batch: int = 0, lean: bool = True):
         self.model = model.eval()
+        self.lean = lean  # decode through LeanDecoder where the model is supported
+        self.decoder: Optional[LeanDecoder] = None  # the current weights' (rebuilt after a weight sync)
         self.cache_arg = cache_arg(model)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -80,6 +85,7 @@ class NativeEngine:
         rows = [ids for ids, g in zip(req.prompt_ids, req.group_sizes) for _ in range(g)]
         groups = [req.group_offset + b for b, g in enumerate(req.group_sizes) for _ in range(g)]
         chunk = self.max_batch or max(len(rows), 1)
+        self.decoder = lean_decoder(self.model, self.decoder) if self.lean else None
         out = _Rows([], [], [])
         curve: list[int] = []
         for lo in range(0, len(rows), chunk):
@@ -96,7 +102,7 @@ class NativeEngine:
                         curve: list[int]) -> _Rows:
         n = len(prompts)
         res = _Rows([[] for _ in range(n)], [[] for _ in range(n)], [True] * n)
-        state = self._prefill(prompts)
+        state = self._prefill(prompts, room=sp.max_new_tokens)
         for step in range(sp.max_new_tokens):
             curve.append(len(state.live))
             tok = sample_tokens(state.logits, sp.temperature, sp.top_k, sp.top_p, gen).to(self.device)
@@ -113,7 +119,9 @@ class NativeEngine:
             self._advance(state, tok)
         return res
 
-    def _prefill(self, prompts: list[list[int]]) -> "DecodeState":
+    def _prefill(self, prompts: list[list[int]], room: int = 0) -> "DecodeState":
+        """The prompts' forward; with ``room`` and a lean decoder, the cache moves into a LeanCache
+        with that many free positions."""
         from rlreason.rollout.kv_cache import GrowingCache
 
         ids, mask = left_pad(prompts, self.pad_id)
@@ -122,10 +130,16 @@ class NativeEngine:
         cache = GrowingCache()  # appends in place (DynamicCache copies the whole cache every step)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          **{self.cache_arg: cache}, use_cache=True)
+        if self.decoder is not None and room:
+            cache = LeanCache.from_prefill(cache, mask, room)
         return DecodeState(cache, mask, positions[:, -1] + 1, torch.arange(len(prompts)), out.logits[:, -1])
 
     def _advance(self, state: "DecodeState", tok: Tensor) -> None:
         """Feed one sampled token per live row; leaves the next-token logits in ``state``."""
+        if isinstance(state.cache, LeanCache):
+            state.logits = self.decoder.step(tok, state.next_pos, state.cache)
+            state.next_pos = state.next_pos + 1
+            return
         state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
         out = self.model(input_ids=tok[:, None], attention_mask=state.mask, position_ids=state.next_pos[:, None],
                          **{self.cache_arg: state.cache}, use_cache=True)

@@ -73,7 +73,7 @@ def right_align(x: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
 
 class SpeculativeEngine(NativeEngine):
     def __init__(self, model, tokenizer, drafter, strategy, max_batch: int = 0):
-        super().__init__(model, tokenizer, max_batch)
+        super().__init__(model, tokenizer, max_batch, lean=False)  # verification needs the HF cache
         self.drafter, self.strategy = drafter, strategy
         self.tap = FeatureTap(model) if drafter.needs_features else None
         self.stats = SpecStats()
