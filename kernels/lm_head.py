@@ -62,12 +62,10 @@ def fused_head_blocker(model) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _fused_head(head: nn.Linear, start: int, targets: Tensor, temperature: float, with_entropy: bool,
+def _fused_head(head: nn.Linear, pick, targets: Tensor, temperature: float, with_entropy: bool,
                 impl: str, chunk: int, produced: list):
-    n, t = targets.shape
-
-    def forward(hidden: Tensor) -> Tensor:  # hidden [n, L, D] -> [n, T, 2]
-        h = hidden[:, start:start + t]
+    def forward(hidden: Tensor) -> Tensor:  # hidden [m, L, D] -> [n, T, 2]
+        h = pick(hidden)
         lp, ent = linear_logprobs_entropy(h, head.weight, targets, temperature, with_entropy, impl, chunk)
         out = torch.stack([lp, ent if ent is not None else torch.zeros_like(lp)], dim=-1)
         produced.append(out)
@@ -82,22 +80,28 @@ def _fused_head(head: nn.Linear, start: int, targets: Tensor, temperature: float
 
 
 def model_logprobs_entropy(model, inputs: dict, targets: Tensor, start: int, temperature: float = 1.0,
-                           with_entropy: bool = True, impl: str = "auto",
-                           chunk: int = 0) -> tuple[Tensor, Optional[Tensor]]:
+                           with_entropy: bool = True, impl: str = "auto", chunk: int = 0,
+                           where: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Optional[Tensor]]:
     """log π(targets) [n, T] and entropy [n, T] (or None) of a causal LM at positions start..start+T-1.
 
     ``model(**inputs)`` must return ``.logits`` [n, L, V]; position ``start + j`` predicts
-    ``targets[:, j]`` (so ``start = prompt_width - 1`` for responses). ``impl``: auto | naive |
-    chunked | triton (``rlreason.kernels.logprobs``); ``chunk``: tokens per chunk (0 = auto).
+    ``targets[:, j]`` (so ``start = prompt_width - 1`` for responses). ``where`` replaces that with
+    (rows [n, T], columns [n, T]) of the positions predicting ``targets`` (packed sequences: the
+    forward's rows are not the targets' rows). ``impl``: auto | naive | chunked | triton
+    (``rlreason.kernels.logprobs``); ``chunk``: tokens per chunk (0 = auto).
     """
     impl = resolve_impl(impl, targets.device)  # targets live where the model runs
     t = targets.shape[1]
+
+    def pick(x: Tensor) -> Tensor:  # [m, L, ...] -> [n, T, ...] at the predicting positions
+        return x[where[0], where[1]] if where is not None else x[:, start:start + t]
+
     if impl == "naive" or fused_head_blocker(model) is not None:
-        logits = model(**inputs).logits[:, start:start + t]
+        logits = pick(model(**inputs).logits)
         return token_logprobs_entropy(logits, targets, temperature, with_entropy, impl=impl, chunk=chunk)
     produced: list[Tensor] = []
     head = _unwrap(model).get_output_embeddings()
-    with _fused_head(head, start, targets, temperature, with_entropy, impl, chunk, produced):
+    with _fused_head(head, pick, targets, temperature, with_entropy, impl, chunk, produced):
         out = model(**inputs).logits
     if len(produced) != 1 or out.shape != produced[0].shape or out.data_ptr() != produced[0].data_ptr():
         raise RuntimeError(

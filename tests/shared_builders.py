@@ -30,9 +30,11 @@ def bare_learner(cfg, model):
     """A LearnerWorker without DeepSpeed: the plain model stands in for the engine (same forward)."""
     from rlreason.rollout.sampling import logprob_temperature
     from rlreason.workers.learner import LearnerWorker, rollout_is_cap
+    from rlreason.workers.packing import packing_is_exact
 
     worker = LearnerWorker.__new__(LearnerWorker)
     worker.cfg, worker.device, worker.engine, worker.ref = cfg, "cpu", model, None
+    worker.packing = packing_is_exact(model.eval(), "cpu")  # as LearnerWorker.__init__ decides it
     worker.rank, worker.world_size = 0, 1
     worker.temperature = logprob_temperature(cfg.rollout.temperature)
     worker.is_cap = rollout_is_cap(cfg)

@@ -27,6 +27,7 @@ from rlreason.config.schema import RunConfig
 from rlreason.kernels.lm_head import model_logprobs_entropy
 from rlreason.models import load_model
 from rlreason.workers.extensions import prepare_extensions_dir
+from rlreason.workers.packing import model_inputs, packing_is_exact
 from rlreason.workers.reference import maybe_reference
 from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
@@ -131,6 +132,10 @@ class LearnerWorker:
             model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         require_own_accumulation(self.engine, deepspeed.__version__)
         self.ref = maybe_reference(cfg, model_path, self.device, load_policy, deepspeed_config(cfg))
+        self.engine.eval()
+        self.packing = packing_is_exact(self.engine, self.device)  # every rank: ZeRO-3 gathers in forward
+        if not self.packing and rank == 0:
+            print("rlreason learner: this model mixes packed sequences; micro-batches stay padded", flush=True)
         POLICY_LOSSES.entry(cfg.algorithm.loss)  # fail here, naming the loss, if it does not resolve
         self.temperature = logprob_temperature(cfg.rollout.temperature)
         self.optimizer_steps = 0
@@ -159,14 +164,12 @@ class LearnerWorker:
     # ---- forward passes -------------------------------------------------------------------
 
     def _forward(self, model, seqs: SequenceBatch, with_entropy: bool) -> tuple[Tensor, Optional[Tensor]]:
-        ids = seqs.input_ids.to(self.device)
-        mask = seqs.attention_mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        p = seqs.prompt_width
-        # position p-1+j predicts response token j; the fused head never builds [n, L, V] logits
-        return model_logprobs_entropy(model, inputs, ids[:, p:], p - 1, self.temperature, with_entropy,
-                                      impl=self.cfg.learner.logprob_impl, chunk=self.cfg.learner.logprob_chunk)
+        targets = seqs.input_ids[:, seqs.prompt_width:].to(self.device)
+        inputs, where = model_inputs(seqs, self.device, self.packing)
+        # position p-1+j predicts response token j (packed: at ``where``); the fused head never builds [n, L, V] logits
+        return model_logprobs_entropy(model, inputs, targets, seqs.prompt_width - 1, self.temperature, with_entropy,
+                                      impl=self.cfg.learner.logprob_impl, chunk=self.cfg.learner.logprob_chunk,
+                                      where=where)
 
     @torch.no_grad()
     def compute_logprobs(self, seqs: SequenceBatch, micro_sizes: list[int], policy: bool = True) -> LogprobResult:
