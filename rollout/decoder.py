@@ -5,8 +5,8 @@ Face forward runs ~40 small operators, each paying dispatch overhead at decode's
 oneDNN re-lays-out each bf16 weight on every call. Here a layer is four projections (q/k/v and
 gate/up fused), their weights packed once per weight version for the CPU's matrix unit, over a KV
 cache preallocated for the whole response. The arithmetic is the model's own: the same products as
-``F.linear``, the model's rotary module, ``F.rms_norm`` and SDPA; tests hold its logits to the
-Hugging Face forward's. Prefill, and every model this step does not reproduce
+``F.linear``, the model's rotary module, its RMSNorm's order of operations and SDPA; tests hold its
+logits to the Hugging Face forward's. Prefill, and every model this step does not reproduce
 (``unsupported``), stay with the Hugging Face forward.
 """
 
@@ -132,11 +132,11 @@ class LeanDecoder:
         x = F.embedding(tokens, self.embed)  # [B, hidden]
         cos, sin = self.rotary(x[:, None], positions[:, None])  # [B, 1, head_dim], broadcast over heads
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(layer, F.rms_norm(x, x.shape[-1:], layer.norm_in, self.eps), cos, sin, cache, i)
-            gate_up = layer.gate_up(F.rms_norm(x, x.shape[-1:], layer.norm_mlp, self.eps))
+            x = x + self._attention(layer, rms_norm(x, layer.norm_in, self.eps), cos, sin, cache, i)
+            gate_up = layer.gate_up(rms_norm(x, layer.norm_mlp, self.eps))
             x = x + layer.down(F.silu(gate_up[:, :self.inner]) * gate_up[:, self.inner:])
         cache.length += 1
-        return self.head(F.rms_norm(x, x.shape[-1:], self.norm, self.eps))
+        return self.head(rms_norm(x, self.norm, self.eps))
 
     def _attention(self, layer: Layer, h: Tensor, cos: Tensor, sin: Tensor, cache: LeanCache, i: int) -> Tensor:
         b, heads, kv, d = h.shape[0], self.heads, self.kv_heads, self.head_dim
@@ -151,6 +151,14 @@ class LeanDecoder:
                                              cache.values[i][:, :, :end], attn_mask=cache.bias[..., :end],
                                              enable_gqa=heads != kv)
         return layer.out(out.reshape(b, heads * d))
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Llama's and Qwen2's RMSNorm in their order of operations (normalised in fp32, rounded to the
+    model's dtype, then scaled): ``F.rms_norm`` scales before rounding, which differs in bf16."""
+    h = x.float()
+    h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
 
 def weights_version(model) -> tuple[int, ...]:
