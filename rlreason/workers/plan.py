@@ -11,9 +11,9 @@ One rank plan serves the log-prob pass and every optimizer step:
   rows so far; each rank packs them, in that order, into micro-batches of at most
   ``learner.micro_batch_size`` rows (a bigger group is a micro-batch of its own). Rows of similar length
   then share a micro-batch, and the learner cuts each micro-batch to its own width
-  (``SequenceBatch.trimmed``), so little compute goes to padding. We chose bucketing over packing rows
-  into one sequence: packing needs a block-diagonal attention mask, which transformers supports only
-  through flash-attention kernels, and bucketing keeps the model's own forward, on CPU too.
+  (``SequenceBatch.trimmed``), so little compute goes to padding. Inside a micro-batch the learner
+  then packs whole sequences end to end into fewer rows (rlreason.workers.packing), which removes the
+  rest; bucketing still decides which rows share a micro-batch, on every model.
 - **Equal micro-batch counts.** ZeRO communicates inside forward and backward, so every rank must run
   the same number of micro-batches: a rank with fewer gets one-row micro-batches of a fully masked row
   (zero response mask and advantages), which carry no loss.
