@@ -45,9 +45,7 @@ class Projection:
     def __init__(self, weight: Tensor, bias: Optional[Tensor]):
         self.weight = weight.detach().contiguous()
         self.bias = None if bias is None else bias.detach()
-        self.packed = None
-        if self.weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACK_ROWS)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACK_ROWS) if packs(self.weight) else None
 
     @classmethod
     def fused(cls, *linears) -> "Projection":
@@ -61,6 +59,16 @@ class Projection:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+
+def packs(weight: Tensor) -> bool:
+    """Whether oneDNN can pack this weight: bf16 on a CPU with bf16 support, in a torch that has the
+    (internal, Inductor's) packing ops; otherwise ``F.linear``."""
+    ops = torch.ops.mkldnn
+    return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+            and all(hasattr(ops, op) for op in ("_is_mkldnn_bf16_supported", "_reorder_linear_weight",
+                                                 "_linear_pointwise"))
+            and ops._is_mkldnn_bf16_supported())
 
 
 @dataclass
