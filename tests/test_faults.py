@@ -7,7 +7,6 @@ learner's live weights and generates the same tokens, and `rlreason eval` scores
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -107,22 +106,45 @@ def test_a_nan_loss_skips_the_update_on_every_rank(ray_local, tiny_model_dir, wo
             ray.kill(a)
 
 
+def kill_in_flight(group) -> None:
+    """Make the group's next call SIGKILL actor 0 right after handing it its request, so the request is in
+    flight when the actor dies. (A kill on a timer races: an actor that is already restarting when the
+    request is sent just queues it, and nothing ever fails.)"""
+    import ray
+
+    pid = ray.get(group.actors[0].__ray_call__.remote(lambda worker: os.getpid()))
+    supervisor, run = group.supervisor, group.supervisor.run
+
+    def run_once(calls):
+        supervisor.run = run  # only this call: the redo goes to the restarted actor unharmed
+        armed = [True]
+
+        def wrap(fn):
+            def send(actor):
+                ref = fn(actor)
+                if armed[0]:
+                    armed[0] = False
+                    os.kill(pid, signal.SIGKILL)
+                return ref
+            return send
+
+        return run([(w, wrap(fn) if w == 0 else fn) for w, fn in calls])
+
+    supervisor.run = run_once
+
+
 class FaultyTrainer:
-    """A Trainer that kills rollout worker 0 while step 2 generates and reward actor 0 in step 3, and feeds
-    step 3 a NaN advantage."""
+    """A Trainer that kills rollout worker 0 while step 2 generates and reward actor 0 while step 3 scores,
+    and feeds step 3 a NaN advantage."""
 
     @staticmethod
     def make(cfg, run_dir):
-        import ray
-
         from rlreason.controller import Trainer
 
         class _Faulty(Trainer):
             def step(self, step):
                 if step in (2, 3):  # step 2: a rollout worker while it generates; step 3: a reward actor
-                    group = self.rollout if step == 2 else self.rewards
-                    pid = ray.get(group.actors[0].__ray_call__.remote(lambda worker: os.getpid()))
-                    threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
+                    kill_in_flight(self.rollout if step == 2 else self.rewards)
                 return super().step(step)
 
             def update(self, batch):
