@@ -2,9 +2,9 @@
 
 Prompts are left-padded (position ids from the attention mask, as the learner computes them);
 finished rows are dropped from the batch and the cache, so the long tail decodes at the size it
-really has. On CPU, decode steps of Llama-family models run through ``LeanDecoder`` (rollout/decoder.py);
-prefill and other models use the Hugging Face forward. Deliberately not here: speculative decoding (a separate engine layer), paged
-attention, continuous batching.
+really has. On CPU, decode steps of Llama and Qwen2 models run through ``LeanDecoder``
+(rollout/decoder.py); prefill and other models use the Hugging Face forward. Deliberately not here:
+speculative decoding (a separate engine layer), paged attention, continuous batching.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ syncs, and the models it leaves to the Hugging Face forward."""
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from rlreason.rollout.decoder import LeanCache, LeanDecoder, Projection, unsupported
 from rlreason.rollout.kv_cache import GrowingCache

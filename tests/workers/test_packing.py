@@ -44,12 +44,13 @@ def models():
 
 def test_first_fit_places_longest_first_without_overlap():
     lengths = [9, 2, 5, 4, 7, 1]
-    place = first_fit(lengths, width=9)
+    place, fill = first_fit(lengths, width=9)
     assert place[0] == (0, 0) and place[4] == (1, 0)  # 9 fills row 0; 7 opens row 1
     spans = sorted((r, off, off + n) for (r, off), n in zip(place, lengths))
     for (r1, _, e1), (r2, s2, _) in zip(spans, spans[1:]):
         assert r1 != r2 or e1 <= s2
     assert place == [(0, 0), (1, 7), (2, 0), (2, 5), (1, 0), (3, 0)]  # 28 tokens in rows of 9: 4 rows is optimal
+    assert fill == [9, 9, 9, 1]
     assert all(off + n <= 9 for (_, off), n in zip(place, lengths))
 
 
