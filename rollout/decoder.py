@@ -5,9 +5,12 @@ Face forward runs ~40 small operators, each paying dispatch overhead at decode's
 oneDNN re-lays-out each bf16 weight on every call. Here a layer is four projections (q/k/v and
 gate/up fused), their weights packed once per weight version for the CPU's matrix unit, over a KV
 cache preallocated for the whole response. The arithmetic is the model's own: the same products as
-``F.linear``, the model's rotary module, its RMSNorm's order of operations and SDPA; tests hold its
-logits to the Hugging Face forward's. Prefill, and every model this step does not reproduce
-(``unsupported``), stay with the Hugging Face forward.
+``F.linear``, the model's rotary module and its RMSNorm's order of operations. Attention alone runs
+in fp32 over an fp32 cache that holds the model's bf16 keys and values exactly: CPU SDPA is 2-4x
+slower on bf16 than on fp32 at decode sizes (one query per row), and fp32 rounds less. In fp32
+models the step's logits equal the Hugging Face forward's (to summation order); in bf16 they differ
+by the attention output's last rounding only (tests). Prefill, and every model this step does not
+reproduce (``unsupported``), stay with the Hugging Face forward.
 """
 
 from __future__ import annotations
@@ -83,11 +86,11 @@ class Layer:
 
 @dataclass
 class LeanCache:
-    """Every layer's keys and values in buffers sized for the whole response, and the prompt padding."""
+    """Every layer's keys and values in fp32 buffers sized for the whole response, and the prompt padding."""
 
-    keys: list[Tensor]  # per layer [B, kv_heads, capacity, head_dim]
+    keys: list[Tensor]  # per layer [B, kv_heads, capacity, head_dim] fp32 (bf16 values are exact in it)
     values: list[Tensor]
-    bias: Tensor  # [B, 1, 1, capacity] additive attention mask: -inf on left padding, 0 elsewhere
+    bias: Tensor  # [B, 1, 1, capacity] fp32 additive attention mask: -inf on left padding, 0 elsewhere
     length: int  # filled positions
 
     @classmethod
@@ -98,10 +101,10 @@ class LeanCache:
         keys, values = [], []
         for layer in cache.layers:
             for src, dst in ((layer.keys, keys), (layer.values, values)):
-                buf = src.new_empty(*src.shape[:2], width + room, src.shape[-1])
+                buf = src.new_empty(*src.shape[:2], width + room, src.shape[-1], dtype=torch.float32)
                 buf[:, :, :width] = src[:, :, :width]
                 dst.append(buf)
-        bias = torch.zeros(mask.shape[0], 1, 1, width + room, dtype=keys[0].dtype, device=mask.device)
+        bias = torch.zeros(mask.shape[0], 1, 1, width + room, device=mask.device)
         bias[:, 0, 0, :width].masked_fill_(mask == 0, float("-inf"))
         return cls(keys, values, bias, width)
 
@@ -155,10 +158,10 @@ class LeanDecoder:
         end = cache.length + 1
         cache.keys[i][:, :, cache.length] = qk[:, heads:]
         cache.values[i][:, :, cache.length] = qkv[:, heads + kv:]
-        out = F.scaled_dot_product_attention(qk[:, :heads, None], cache.keys[i][:, :, :end],
+        out = F.scaled_dot_product_attention(qk[:, :heads, None].float(), cache.keys[i][:, :, :end],
                                              cache.values[i][:, :, :end], attn_mask=cache.bias[..., :end],
                                              enable_gqa=heads != kv)
-        return layer.out(out.reshape(b, heads * d))
+        return layer.out(out.reshape(b, heads * d).to(h.dtype))
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

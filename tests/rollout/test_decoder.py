@@ -4,8 +4,10 @@ syncs, and the models it leaves to the Hugging Face forward."""
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (AttentionInterface, AttentionMaskInterface, AutoModelForCausalLM, AutoTokenizer,
+                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from rlreason.rollout.decoder import LeanCache, LeanDecoder, Projection, unsupported
 from rlreason.rollout.kv_cache import GrowingCache
@@ -44,6 +46,19 @@ def randomise(model):
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
 
 
+def fp32_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """Transformers' SDPA attention on fp32 copies of its inputs, the output rounded back: what the lean
+    step computes (its cache holds the bf16 keys and values exactly in fp32)."""
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return out.to(query.dtype), weights
+
+
+AttentionInterface.register("fp32_sdpa", fp32_sdpa)
+AttentionMaskInterface.register("fp32_sdpa", sdpa_mask)  # SDPA's masks (an unregistered name gets none)
+
+
 @torch.no_grad()
 def lean_and_hf_logits(model, steps: int, drop_after: int):
     """Decode the same tokens through both paths from one prefill; row 1 leaves after ``drop_after`` steps."""
@@ -73,10 +88,21 @@ def lean_and_hf_logits(model, steps: int, drop_after: int):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_lean_step_logits_equal_the_hf_forward(build, dtype):
     model = build().to(dtype)
+    model.set_attn_implementation("fp32_sdpa")  # fp32 models: transformers' own SDPA
     assert unsupported(model) is None
     exact = dtype == torch.bfloat16  # bf16: the same roundings, bit for bit; fp32: sums may associate differently
     for lean, hf in lean_and_hf_logits(model, steps=6, drop_after=3):
         torch.testing.assert_close(lean, hf, atol=0 if exact else 1e-6, rtol=0 if exact else 1e-5)
+
+
+@pytest.mark.parametrize("build", [llama, qwen2], ids=["llama", "qwen2"])
+def test_bf16_lean_step_is_as_close_to_fp32_as_bf16_sdpa(build):
+    """The fp32 attention changes bf16 logits by roundings only: no further from the fp32 model's than
+    bf16 SDPA's are."""
+    model = build()
+    fp32 = [hf for _, hf in lean_and_hf_logits(model, steps=6, drop_after=3)]
+    for (lean, hf), ref in zip(lean_and_hf_logits(model.to(torch.bfloat16), steps=6, drop_after=3), fp32):
+        assert (lean.float() - ref).abs().max() <= 1.5 * (hf.float() - ref).abs().max() + 1e-3
 
 
 def engine_pair(model, tok):
