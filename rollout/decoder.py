@@ -8,9 +8,10 @@ cache preallocated for the whole response. The arithmetic is the model's own: th
 ``F.linear``, the model's rotary module and its RMSNorm's order of operations. Attention alone runs
 in fp32 over an fp32 cache that holds the model's bf16 keys and values exactly: CPU SDPA is 2-4x
 slower on bf16 than on fp32 at decode sizes (one query per row), and fp32 rounds less. In fp32
-models the step's logits equal the Hugging Face forward's (to summation order); in bf16 they differ
-by the attention output's last rounding only (tests). Prefill, and every model this step does not
-reproduce (``unsupported``), stay with the Hugging Face forward.
+models the step's logits equal the Hugging Face forward's (to summation order); in bf16 they equal,
+bit for bit, the Hugging Face forward with its SDPA run on fp32 copies of q, k and v (tests).
+Prefill, and every model this step does not reproduce (``unsupported``), stay with the Hugging Face
+forward.
 """
 
 from __future__ import annotations
