@@ -49,7 +49,6 @@ class Trainer:
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.unscored_steps = 0  # steps in a row in which no response got a reward score
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
-        self.reader_nodes: Optional[set[str]] = None  # the rollout workers' nodes (first weight sync)
 
     # ---- setup ------------------------------------------------------------------------------
 
@@ -264,9 +263,7 @@ class Trainer:
 
     def sync_weights(self, version: int) -> None:
         """The learner publishes the policy, the rollout workers load it; only a handle passes here."""
-        if self.reader_nodes is None:
-            self.reader_nodes = self.rollout.nodes()
-        self.rollout.load_weights(self.learners.publish_weights(version, self.reader_nodes), version)
+        self.rollout.load_weights(self.learners.publish_weights(version, self.rollout), version)
 
     # ---- supervised warm-up -------------------------------------------------------------------
 

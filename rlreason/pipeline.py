@@ -71,9 +71,7 @@ class PipelinedTrainer(Trainer):
 
     def sync_weights(self, version: int) -> None:
         """Publish now; the rollout workers load after the collections already queued (no waiting here)."""
-        if self.reader_nodes is None:
-            self.reader_nodes = self.rollout.nodes()
-        handle = self.learners.publish_weights(version, self.reader_nodes)
+        handle = self.learners.publish_weights(version, self.rollout)
         self.loads.append(self.pool.submit(self.rollout.load_weights, handle, version))
 
     def after_step(self, step: int, metrics: dict[str, float]) -> None:

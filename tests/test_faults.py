@@ -156,6 +156,42 @@ class FaultyTrainer:
 
 
 @pytest.mark.slow
+def test_a_rollout_worker_killed_in_a_pipelined_broadcast_run_rejoins_the_group(ray_local, tmp_path):
+    """cluster.weight_sync=broadcast, trainer.mode=pipelined: rollout worker 0 dies with a request in flight;
+    its restart forms the broadcast group again (rank 0 sends the versions it holds), the run ends, and
+    every worker ends holding the learner's weights."""
+    import ray
+
+    from rlreason.pipeline import PipelinedTrainer
+    from rlreason.tracking import read_metrics
+
+    class Faulty(PipelinedTrainer):
+        def step(self, step):
+            if step == 2:
+                kill_in_flight(self.rollout)
+            return super().step(step)
+
+    cfg = load_config(["recipe=quickstart", *TINY, "trainer.total_steps=4", "trainer.sft.steps=0",
+                       "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=16", "rollout.workers=2",
+                       "trainer.mode=pipelined", "cluster.weight_sync=broadcast", "trainer.loggers=[jsonl]"])
+    trainer = Faulty(cfg, str(tmp_path / "run"))
+    trainer.fit()
+    for load in trainer.loads:  # the last step's load may still be queued
+        load.result(timeout=120)
+    rows = read_metrics(str(tmp_path / "run"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["faults/rollout_restarts"] == 1.0
+    want = trainer.learners.policy_weights()
+    for actor in trainer.rollout.actors:
+        version, received, got = ray.get(actor.__ray_call__.remote(
+            lambda w: (w.weights_version, w.receiver and w.receiver.versions,
+                       {k: v.clone() for k, v in w.engine.model.state_dict().items()})))
+        assert version == 4 and 4 in received  # the restarted worker too is in the group rank 0 sends to
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    for actor in trainer.learners.actors + trainer.rollout.actors:
+        ray.kill(actor)
+
+
+@pytest.mark.slow
 def test_killed_actors_are_restarted_and_the_checkpoint_exports_and_evaluates(ray_local, tmp_path):
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer

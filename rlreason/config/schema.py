@@ -399,6 +399,10 @@ class ClusterConfig:
     """CPUs reserved by each slot (shared by the actors in it)."""
     placement_strategy: str = "PACK"
     """Ray placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD."""
+    weight_sync: str = "auto"
+    """How rollout workers get the learner's weights each step: auto (those on learner rank 0's node map
+    its shared-memory file, the others receive a broadcast from rank 0) | broadcast (every rollout worker
+    receives the broadcast) | object_store (the others fetch a copy rank 0 puts in Ray's object store)."""
     max_restarts: int = 3
     """Times a dead rollout or reward actor is restarted (its work is redone) before the run fails."""
     dashboard: bool = False

@@ -15,6 +15,7 @@ from rlreason.registry import RegistryError, check_kwargs
 DTYPES = ("float32", "bfloat16")
 LOGGERS = ("console", "jsonl", "wandb", "tensorboard")
 ENGINES = ("native", "vllm")
+WEIGHT_SYNC_MODES = ("auto", "broadcast", "object_store")  # rlreason.workers.weights
 SPEC_DRAFTERS = ("eagle", "lm", "ngram")
 MAX_K = 16
 
@@ -259,6 +260,8 @@ def _check_operations(cfg: RunConfig) -> None:
     _require(e.temperature is None or e.temperature >= 0, f"eval.temperature must be >= 0 or null, got {e.temperature}")
     problem = placement_problem(cfg)
     _require(problem is None, problem or "")
+    _require(cfg.cluster.weight_sync in WEIGHT_SYNC_MODES, f"cluster.weight_sync must be one of "
+             f"{', '.join(WEIGHT_SYNC_MODES)} (rlreason.workers.weights), got {cfg.cluster.weight_sync!r}")
 
 
 def _check_sampling(cfg: RunConfig) -> None:

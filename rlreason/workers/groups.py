@@ -14,7 +14,7 @@ from rlreason.config.schema import RunConfig
 from rlreason.types import (GenerationRequest, LogprobResult, RewardResult, RolloutBatch, SamplingParams,
                             ScoreRequest, SequenceBatch, TrainBatch, UpdateStats)
 from rlreason.workers import plan
-from rlreason.workers.weights import WeightsHandle
+from rlreason.workers.weights import WeightsHandle, slots_for
 
 
 def _ray():
@@ -63,6 +63,7 @@ class RolloutGroup:
             self.ready()
         self._weights = None  # (object ref, version) of the weights the workers hold, for restarted ones
         self.on_restart: list = []  # more catch-up calls for a restarted worker w (e.g. the drafter's)
+        self.rejoin = None  # fn(w): a restarted worker joins the weight broadcast again, before it loads
         self.supervisor = Supervisor(self.actors, "rollout", cfg.cluster.max_restarts, cfg.cluster.init_timeout_s,
                                      on_restart=self._catch_up)
 
@@ -97,12 +98,14 @@ class RolloutGroup:
         """Free the GPUs the workers share with learners while the learners train (a no-op unless colocated vLLM)."""
         self.supervisor.run([(w, lambda a: a.release_gpu.remote()) for w in range(len(self.actors))])
 
-    def nodes(self) -> set[str]:
-        """The Ray nodes the workers run on."""
-        return set(_ray().get([a.node.remote() for a in self.actors]))
+    def nodes(self) -> list[str]:
+        """The Ray node of each worker."""
+        return _ray().get([a.node.remote() for a in self.actors])
 
     def _catch_up(self, w: int) -> None:
         """A restarted worker holds the initial model: load the current weights before it works again."""
+        if self.rejoin is not None:
+            self.rejoin(w)
         if self._weights is not None:
             _ray().get(self.actors[w].load_weights.remote(*self._weights))
         for fn in self.on_restart:
@@ -176,7 +179,9 @@ class LearnerGroup:
             self.ready()
         self.world = world
         self.micro = cfg.learner.micro_batch_size
-        self.node: Optional[str] = None  # rank 0's Ray node (asked at the first weight sync)
+        self.cfg = cfg
+        self.far: Optional[list[int]] = None  # the rollout workers in rank 0's broadcast group (first sync)
+        self.object_store = False  # rank 0 also puts each version in the object store (cluster.weight_sync)
 
     def ready(self) -> None:
         wait_ready(self.actors, "learner", self.timeout_s)
@@ -207,12 +212,34 @@ class LearnerGroup:
     def set_threads(self, threads: int) -> None:
         _ray().get([a.set_threads.remote(threads) for a in self.actors])
 
-    def publish_weights(self, version: int, reader_nodes: set[str]) -> WeightsHandle:
-        """Rank 0 publishes the policy for readers on ``reader_nodes`` (the driver gets a handle only)."""
-        if self.node is None:
-            self.node = _ray().get(self.actors[0].node.remote())
-        remote = bool(reader_nodes - {self.node})
-        return _ray().get([a.publish_weights.remote(version, remote) for a in self.actors])[0]
+    def publish_weights(self, version: int, readers: RolloutGroup) -> WeightsHandle:
+        """Rank 0 publishes the policy for the rollout workers ``readers`` (the driver gets a handle only).
+        The first call decides how each worker reads it (cluster.weight_sync, rlreason.workers.weights)."""
+        if self.far is None:
+            self._plan_sync(readers)
+        return _ray().get([a.publish_weights.remote(version, self.object_store) for a in self.actors])[0]
+
+    def _plan_sync(self, readers: RolloutGroup) -> None:
+        """Workers on rank 0's node map its files; the others join its broadcast group (auto), or read a
+        copy in the object store (object_store); with ``broadcast`` every worker joins the group."""
+        mode = self.cfg.cluster.weight_sync
+        home = _ray().get(self.actors[0].node.remote())
+        away = [w for w, node in enumerate(readers.nodes()) if node != home]
+        self.far = list(range(len(readers.actors))) if mode == "broadcast" else away if mode == "auto" else []
+        self.object_store = mode == "object_store" and bool(away)
+        if self.far:
+            self.join_broadcast(readers)
+            readers.rejoin = lambda w: self.join_broadcast(readers)
+
+    def join_broadcast(self, readers: RolloutGroup) -> None:
+        """Form rank 0's broadcast group with the far rollout workers (again, after one was restarted:
+        rank 0 then sends the versions it holds once more)."""
+        ray = _ray()
+        where = ray.get(self.actors[0].broadcast_address.remote())
+        size, slots = len(self.far) + 1, slots_for(self.cfg.trainer)
+        ray.get([self.actors[0].join_broadcast.remote(where, size)]
+                + [readers.actors[w].join_broadcast.remote(where, rank, size, slots)
+                   for rank, w in enumerate(self.far, start=1)])
 
     def policy_weights(self) -> dict:
         """Full policy weights on the driver (for the weight sync and export)."""

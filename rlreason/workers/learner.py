@@ -33,7 +33,7 @@ from rlreason.workers.rendezvous import join_loopback_group
 from rlreason.rollout.sampling import logprob_temperature
 from rlreason.types import LogprobResult, SequenceBatch, TrainBatch, UpdateStats
 from rlreason.workers import plan
-from rlreason.workers.weights import WeightsHandle, WeightsPublisher, node_id, zero3_tensors
+from rlreason.workers.weights import PolicySource, WeightsPublisher
 
 
 def _plain_fp32(cfg: RunConfig) -> bool:
@@ -104,7 +104,7 @@ def lr_at(cfg: RunConfig, step: int) -> float:
     return lr.lr
 
 
-class LearnerWorker:
+class LearnerWorker(PolicySource):  # PolicySource: the weight sync (rlreason.workers.weights)
     def __init__(self, cfg: RunConfig, model_path: str, rank: int, world_size: int, master: str, threads: int):
         host, port = master.split(":")
         os.environ.update(MASTER_ADDR=host, MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world_size),
@@ -322,49 +322,6 @@ class LearnerWorker:
                             token_sums=token_sums)
         detach = lambda x: None if x is None else x.detach().float().cpu()  # noqa: E731
         return loss, stats, detach(lp), detach(ent)
-
-    # ---- weights --------------------------------------------------------------------------
-
-    def policy_weights(self) -> Optional[dict[str, Tensor]]:
-        """Full policy weights on CPU from rank 0 (every rank must call: ZeRO-3 gathers)."""
-        state = self._cpu_state()
-        return state if self.rank == 0 else None
-
-    def publish_weights(self, version: int, remote_readers: bool) -> Optional[WeightsHandle]:
-        """Publish the policy for the rollout workers (rlreason.workers.weights); rank 0 returns the
-        handle. Every rank must call (ZeRO-3 gathers)."""
-        module = self.engine.module
-        shapes = {name: (t.dtype, list(getattr(t, "ds_shape", t.shape)))  # ZeRO-3: the full shape of a shard
-                  for name, t in module.state_dict(keep_vars=True).items()}
-        tensors = self._state_pairs()
-        if self.rank != 0:
-            for _ in tensors:  # the other ranks take part in every ZeRO-3 gather
-                pass
-            return None
-        return self._publish(shapes, tensors, version, remote_readers)
-
-    def _publish(self, shapes: dict, tensors, version: int, remote_readers: bool) -> WeightsHandle:
-        if self.publisher is None:
-            tr = self.cfg.trainer  # pipelined: loads queue behind up to max_staleness generations
-            self.publisher = WeightsPublisher(slots=tr.max_staleness + 1 if tr.mode == "pipelined" else 2)
-        handle = self.publisher.publish(shapes, tensors, version, remote_readers)
-        if self.publisher.note:
-            print(f"rlreason learner: {self.publisher.note}", flush=True)
-            self.publisher.note = None
-        return handle
-
-    def node(self) -> str:
-        return node_id()
-
-    def _state_pairs(self):
-        """(name, full tensor) pairs of the policy's state dict (ZeRO-3: one module gathered at a time,
-        so every rank must iterate them all)."""
-        module = self.engine.module
-        return zero3_tensors(module) if self.cfg.learner.zero_stage == 3 else iter(module.state_dict().items())
-
-    def _cpu_state(self) -> dict[str, Tensor]:
-        """The policy's full state dict on CPU, on every rank."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self._state_pairs()}
 
     def reset_reference(self) -> None:
         """Make the reference policy a copy of the current one (after the SFT warm-up: KL is then

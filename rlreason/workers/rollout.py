@@ -21,6 +21,7 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
         self.weights_version = 0
+        self.receiver = None  # BroadcastReader: weights from learner rank 0 (rlreason.workers.broadcast)
         if cfg.rollout.engine == "vllm":  # vLLM loads the policy itself (rlreason/rollout/vllm_engine.py)
             from rlreason.rollout.vllm_engine import engine_for_worker
 
@@ -64,6 +65,14 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
     def node(self) -> str:
         return node_id()
 
+    def join_broadcast(self, where: str, rank: int, size: int, slots: int) -> None:
+        """Receive the weights from learner rank 0's broadcast group from now on (a new group replaces the last)."""
+        from rlreason.workers.broadcast import BroadcastReader
+
+        if self.receiver is not None:
+            self.receiver.close()
+        self.receiver = BroadcastReader(where, rank, size, slots)
+
     def release_gpu(self) -> None:
         """Colocated vLLM (cluster.placement=colocate) sleeps while the learner has the GPU: its weights
         go to CPU memory and its KV cache is freed; the next weight sync wakes it (weights, then KV cache)."""
@@ -75,7 +84,7 @@ class RolloutWorker(DrafterHost):  # DrafterHost: the speculative drafter's call
         or a state dict; returns the new version."""
         self.spot_halt()
         if isinstance(state, WeightsHandle):
-            state = read(state)
+            state = read(state, self.receiver)
         self.engine.load_state_dict(state)
         if self.own_copy:
             self.drafter_target.load_state_dict(state, strict=True)

@@ -188,3 +188,8 @@ def test_a_reward_added_on_the_command_line():
 ])
 def test_optimizer_settings_are_checked_before_anything_starts(override, key):
     assert key in error(override)
+
+
+def test_an_unknown_weight_sync_is_refused_naming_the_choices():
+    msg = error("cluster.weight_sync=nccl")
+    assert "cluster.weight_sync" in msg and "auto, broadcast, object_store" in msg and "'nccl'" in msg
