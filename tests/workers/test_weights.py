@@ -99,6 +99,9 @@ def test_a_rollout_worker_loads_what_the_learner_published(ray_local, tiny_model
     finally:
         for a in learners.actors + rollout.actors:
             ray.kill(a)
+        from rlreason.workers.weights import remove_files
+
+        remove_files(rollout.weights_handle())  # a killed learner leaves its files (the driver removes them)
 
 
 # ---- the broadcast from rank 0 (rlreason.workers.broadcast), members on threads of this process ------------
