@@ -26,22 +26,31 @@ TIMEOUT = datetime.timedelta(minutes=10)  # a join or a send that takes longer h
 CLOSE = -1  # the header's version that ends the readers' threads
 
 
-def address() -> str:
-    """host:port for the group's store on this node (the node's address, so other nodes reach it)."""
+def listen() -> socket.socket:
+    """The socket the group's store will serve on: this node's address (the one other nodes reach; not
+    every interface, as torch's store would), a free port, already listening so no one takes the port."""
     import ray
 
     host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return f"{host}:{s.getsockname()[1]}"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
 
 
-def _group(where: str, rank: int, size: int):
-    """Join the gloo group of ``size`` members whose store rank 0 serves at ``where`` (blocks until all join)."""
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def _group(where: str, rank: int, size: int, listener: Optional[socket.socket] = None):
+    """Join the gloo group of ``size`` members whose store rank 0 serves at ``where`` on ``listener``
+    (blocks until all join)."""
     import torch.distributed as dist
 
     host, port = where.rsplit(":", 1)
-    store = dist.TCPStore(host, int(port), size, rank == 0, timeout=TIMEOUT)
+    store = dist.TCPStore(host, int(port), size, rank == 0, timeout=TIMEOUT,  # the store closes the socket
+                          master_listen_fd=listener.detach() if listener is not None else None)
     opts = dist.ProcessGroupGloo._Options()
     opts._timeout = TIMEOUT
     # this member's interface: the one that reaches the store's host (the loopback one on a single node)
@@ -59,14 +68,14 @@ def _own_address(host: str, port: int) -> str:
 class BroadcastRoot:
     """Learner rank 0's side: one member of the group, the one that sends."""
 
-    def __init__(self, where: str, size: int):
+    def __init__(self, listener: socket.socket, size: int):
         self.size = size
-        self.group = _group(where, 0, size)
+        self.group = _group(address(listener), 0, size, listener)
         self.broken: Optional[str] = None  # why the last send failed (the driver forms a new group)
 
     def send(self, version: int, buf: Tensor) -> bool:
         """Every reader receives ``buf`` (uint8) as ``version``; False (and ``broken``) when a member is gone."""
-        if self.broken:
+        if self.broken or self.group is None:
             return False
         try:
             self.group.broadcast(torch.tensor([version, buf.numel()], dtype=torch.int64), 0).wait()
@@ -78,7 +87,7 @@ class BroadcastRoot:
             return False
 
     def close(self) -> None:
-        if not self.broken:
+        if self.group is not None and not self.broken:
             self.send(CLOSE, torch.zeros(0, dtype=torch.uint8))
         self.group = None
 
@@ -96,10 +105,11 @@ class BroadcastReader:
         self.thread.start()
 
     def _receive(self) -> None:
+        group = self.group  # kept to the end: ``close`` drops the attribute while this may still receive
         try:
             while True:
                 header = torch.zeros(2, dtype=torch.int64)
-                self.group.broadcast(header, 0).wait()
+                group.broadcast(header, 0).wait()
                 version, nbytes = header.tolist()
                 if version == CLOSE:
                     break
@@ -109,7 +119,7 @@ class BroadcastReader:
                     if self.buffers[slot] is None or self.buffers[slot].numel() != nbytes:
                         self.buffers[slot] = torch.empty(nbytes, dtype=torch.uint8)
                 if nbytes:
-                    self.group.broadcast(self.buffers[slot], 0).wait()
+                    group.broadcast(self.buffers[slot], 0).wait()
                 with self.done:
                     self.versions[slot] = version
                     self.done.notify_all()

@@ -237,7 +237,7 @@ class LearnerGroup:
         ray = _ray()
         where = ray.get(self.actors[0].broadcast_address.remote())
         size, slots = len(self.far) + 1, slots_for(self.cfg.trainer)
-        ray.get([self.actors[0].join_broadcast.remote(where, size)]
+        ray.get([self.actors[0].join_broadcast.remote(size)]
                 + [readers.actors[w].join_broadcast.remote(where, rank, size, slots)
                    for rank, w in enumerate(self.far, start=1)])
 

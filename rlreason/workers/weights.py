@@ -69,6 +69,7 @@ class WeightsPublisher:
         self.versions: list[Optional[int]] = [None] * slots  # the version each slot holds
         self.node = node_id()
         self.root = None  # BroadcastRoot, once the driver has formed the group
+        self.listener = None  # the socket of the next group's store (``listen``)
         self.lost = False  # the group broke (a reader died): the object store carries versions until it is formed again
         self.note: Optional[str] = None  # why the shared file or the broadcast is not used, said once by the caller
         atexit.register(self.close)
@@ -106,14 +107,21 @@ class WeightsPublisher:
             ref = ray.put(copies)
         return WeightsHandle(version, self.node, path, layout, ref, broadcast=sent)
 
-    def join(self, where: str, size: int) -> None:
-        """Root a new broadcast group of ``size`` members at ``where`` (blocks until all have joined), then
-        send it every version still held, oldest first: a restarted reader may still have to load them."""
+    def listen(self) -> str:
+        """Open the store's socket of the next broadcast group; returns its host:port for the readers."""
+        from rlreason.workers.broadcast import address, listen
+
+        self.listener = listen()
+        return address(self.listener)
+
+    def join(self, size: int) -> None:
+        """Root a new broadcast group of ``size`` members where ``listen`` said (blocks until all have
+        joined), then send every version still held, oldest first: a restarted reader may need them."""
         from rlreason.workers.broadcast import BroadcastRoot
 
         if self.root is not None:
             self.root.close()
-        self.root, self.lost = BroadcastRoot(where, size), False
+        self.root, self.lost = BroadcastRoot(self.listener, size), False
         held = sorted((v, s) for s, v in enumerate(self.versions) if v is not None)
         for version, slot in held:
             self.root.send(version, self.buffers[slot])
@@ -188,14 +196,12 @@ class PolicySource:
         return self.publisher
 
     def broadcast_address(self) -> str:
-        """Where rank 0 will serve the weight broadcast group's store (rlreason.workers.broadcast)."""
-        from rlreason.workers.broadcast import address
+        """Where rank 0 serves the next weight broadcast group's store (rlreason.workers.broadcast)."""
+        return self._publisher().listen()
 
-        return address()
-
-    def join_broadcast(self, where: str, size: int) -> None:
+    def join_broadcast(self, size: int) -> None:
         """Rank 0 roots a new weight broadcast group with the rollout workers that cannot map its files."""
-        self._publisher().join(where, size)
+        self._publisher().join(size)
 
     def node(self) -> str:
         return node_id()

@@ -110,12 +110,13 @@ def _group(size, slots=2):
     """A root and size-1 readers joined at once (each join blocks until all members are in)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from rlreason.workers.broadcast import BroadcastReader, address
+    from rlreason.workers.broadcast import BroadcastReader
 
-    where, pub = address(), weights.WeightsPublisher(slots=slots)
+    pub = weights.WeightsPublisher(slots=slots)
+    where = pub.listen()
     with ThreadPoolExecutor(size) as pool:
         readers = [pool.submit(BroadcastReader, where, rank, size, slots) for rank in range(1, size)]
-        pool.submit(pub.join, where, size).result(timeout=60)
+        pool.submit(pub.join, size).result(timeout=60)
         return pub, [r.result(timeout=60) for r in readers]
 
 
@@ -145,13 +146,14 @@ def test_a_broken_group_falls_back_to_the_object_store_until_it_is_formed_again(
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    from rlreason.workers.broadcast import BroadcastReader, address
+    from rlreason.workers.broadcast import BroadcastReader
 
-    where, pub = address(), weights.WeightsPublisher(slots=2)
+    pub = weights.WeightsPublisher(slots=2)
+    where = pub.listen()
     child = subprocess.Popen([sys.executable, "-c", "import sys, time; from rlreason.workers.broadcast import "
                               f"BroadcastReader; BroadcastReader({where!r}, 1, 2, 2); time.sleep(600)"])
     try:
-        pub.join(where, 2)
+        pub.join(2)
         first = publish(pub, state(1.0), 1)
         assert first.broadcast
         child.kill()
@@ -163,10 +165,10 @@ def test_a_broken_group_falls_back_to_the_object_store_until_it_is_formed_again(
         import ray
 
         assert torch.equal(ray.get(second.ref)["a"], state(2.0)["a"])  # what a reader off the node gets
-        where = address()
+        where = pub.listen()
         with ThreadPoolExecutor(1) as pool:
             fresh = pool.submit(BroadcastReader, where, 1, 2, 2)
-            pub.join(where, 2)
+            pub.join(2)
             fresh = fresh.result(timeout=60)
         third = publish(pub, state(3.0), 3)
         assert third.broadcast and third.ref is None
