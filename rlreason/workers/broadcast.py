@@ -9,7 +9,8 @@ it the same way, as views (rlreason.workers.weights.read).
 A reader receives on a thread of its own into ``slots`` buffers, as many as rank 0 has files, so the
 root never waits for a reader that is busy generating (pipelined mode), and a version is not written
 over before it is loaded. A broken group (a reader died) fails the root's send fast; the driver forms
-a new one with the restarted reader and rank 0 sends the current version again.
+a new one with the restarted reader (the others join once their current call ends) and rank 0 sends
+the versions it still holds again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-TIMEOUT = datetime.timedelta(minutes=10)  # a join or a send that takes longer has lost a member
+# A join waits for every member: after a restart, for the other workers to finish the call they are in
+# (a generation, maybe minutes long); a send longer than this has lost a member. DeepSpeed's default.
+TIMEOUT = datetime.timedelta(minutes=30)
 CLOSE = -1  # the header's version that ends the readers' threads
 
 
