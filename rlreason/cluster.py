@@ -178,14 +178,11 @@ class Placement:
 
 
 def _node_address() -> str:
-    import socket
-
     import ray
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return f"{ray.util.get_node_ip_address()}:{port}"
+    from rlreason.workers.groups import free_port
+
+    return f"{ray.util.get_node_ip_address()}:{free_port('')}"
 
 
 def master_address(placement: Placement) -> str:

@@ -6,6 +6,7 @@ results in the original order. The learner group splits by the update plan (rlre
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 from typing import Optional
@@ -35,10 +36,34 @@ def wait_ready(actors: list, what: str, timeout_s: float) -> None:
         ) from None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+RAY_WORKER_PORTS_END = 20000  # Ray's workers listen on 10002-19999 by default
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a listener that another process opens later: from below the
+    kernel's ephemeral range and above Ray's worker ports, so no outgoing connection and no Ray worker
+    takes it in between (a port from the ephemeral range sometimes was, and the rendezvous failed
+    with "Address already in use")."""
+    low = ephemeral_ports_start()
+    pick = random.SystemRandom()  # not the run's seeded generators
+    for _ in range(100):
+        port = pick.randrange(RAY_WORKER_PORTS_END, low) if low > RAY_WORKER_PORTS_END else 0
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free port on {host or 'any interface'} between {RAY_WORKER_PORTS_END} and {low}")
+
+
+def ephemeral_ports_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def even_chunks(n: int, parts: int) -> list[range]:

@@ -101,3 +101,17 @@ def test_mini_batches_keep_groups_whole():
         for g in p.group_index.unique():
             assert (p.group_index == g).sum() == (batch.group_index == g).sum()
         assert p.global_groups == p.group_index.unique().numel()
+
+
+def test_the_rendezvous_port_is_picked_where_no_outgoing_connection_or_ray_worker_takes_it():
+    """free_port picks below the kernel's ephemeral range and above Ray's worker ports: a port from the
+    ephemeral range was sometimes taken between the pick and the learner's bind ("Address already in use")."""
+    import socket
+
+    from rlreason.workers.groups import RAY_WORKER_PORTS_END, ephemeral_ports_start, free_port
+
+    for host in ("127.0.0.1", ""):
+        port = free_port(host)
+        assert RAY_WORKER_PORTS_END <= port < ephemeral_ports_start()
+        with socket.socket() as s:
+            s.bind((host, port))  # still free
