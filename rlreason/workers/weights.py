@@ -181,9 +181,6 @@ class PolicySource:
             for _ in tensors:  # the other ranks take part in every ZeRO-3 gather
                 pass
             return None
-        return self._publish(shapes, tensors, version, remote_readers)
-
-    def _publish(self, shapes: dict, tensors, version: int, remote_readers: bool) -> WeightsHandle:
         handle = self._publisher().publish(shapes, tensors, version, remote_readers)
         if self.publisher.note:
             print(f"rlreason learner: {self.publisher.note}", flush=True)
@@ -215,7 +212,6 @@ class PolicySource:
     def _cpu_state(self) -> dict[str, Tensor]:
         """The policy's full state dict on CPU, on every rank."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self._state_pairs()}
-
 
 
 def read(handle: WeightsHandle, receiver=None) -> dict[str, Tensor]:
