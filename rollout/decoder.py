@@ -87,12 +87,14 @@ class Layer:
 
 @dataclass
 class LeanCache:
-    """Every layer's keys and values in fp32 buffers sized for the whole response, and the prompt padding."""
+    """Every layer's keys and values in fp32 buffers sized for the whole batch and response; the live rows
+    are the first ``rows`` of each buffer."""
 
     keys: list[Tensor]  # per layer [B, kv_heads, capacity, head_dim] fp32 (bf16 values are exact in it)
     values: list[Tensor]
     bias: Tensor  # [B, 1, 1, capacity] fp32 additive attention mask: -inf on left padding, 0 elsewhere
     length: int  # filled positions
+    rows: int  # live rows
 
     @classmethod
     def from_prefill(cls, cache, mask: Tensor, room: int) -> "LeanCache":
@@ -107,13 +109,23 @@ class LeanCache:
                 dst.append(buf)
         bias = torch.zeros(mask.shape[0], 1, 1, width + room, device=mask.device)
         bias[:, 0, 0, :width].masked_fill_(mask == 0, float("-inf"))
-        return cls(keys, values, bias, width)
+        return cls(keys, values, bias, width, mask.shape[0])
 
     def batch_select_indices(self, idx: Tensor) -> None:
-        """Keep rows ``idx`` (finished rows leave the batch)."""
-        self.keys = [k.index_select(0, idx) for k in self.keys]
-        self.values = [v.index_select(0, idx) for v in self.values]
-        self.bias = self.bias.index_select(0, idx)
+        """Keep rows ``idx`` (increasing; finished rows leave the batch). The rows after the first one that
+        leaves move up in place, their filled positions only (copying the whole cache whenever a row
+        finished took 6-17% of generation at 21M)."""
+        idx = idx.to(self.bias.device)
+        n = idx.numel()
+        if n > 1 and not bool((idx[1:] > idx[:-1]).all()):
+            raise ValueError("LeanCache keeps rows in order: the indices must increase")
+        first = int((idx == torch.arange(n, device=idx.device)).long().cumprod(0).sum())  # rows already in place
+        src = idx[first:]
+        if src.numel():
+            for buf in self.keys + self.values:
+                buf[first:n, :, :self.length] = buf[:, :, :self.length].index_select(0, src)
+            self.bias[first:n] = self.bias.index_select(0, src)
+        self.rows = n
 
 
 class LeanDecoder:
@@ -157,11 +169,11 @@ class LeanDecoder:
         half = d // 2
         qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin  # RoPE on queries and keys at once
         end = cache.length + 1
-        cache.keys[i][:, :, cache.length] = qk[:, heads:]
-        cache.values[i][:, :, cache.length] = qkv[:, heads + kv:]
-        out = F.scaled_dot_product_attention(qk[:, :heads, None].float(), cache.keys[i][:, :, :end],
-                                             cache.values[i][:, :, :end], attn_mask=cache.bias[..., :end],
-                                             enable_gqa=heads != kv)
+        keys, values = cache.keys[i][:cache.rows], cache.values[i][:cache.rows]
+        keys[:, :, cache.length] = qk[:, heads:]
+        values[:, :, cache.length] = qkv[:, heads + kv:]
+        out = F.scaled_dot_product_attention(qk[:, :heads, None].float(), keys[:, :, :end], values[:, :, :end],
+                                             attn_mask=cache.bias[:cache.rows, ..., :end], enable_gqa=heads != kv)
         return layer.out(out.reshape(b, heads * d).to(h.dtype))
 
 

@@ -60,19 +60,20 @@ AttentionMaskInterface.register("fp32_sdpa", sdpa_mask)  # SDPA's masks (an unre
 
 
 @torch.no_grad()
-def lean_and_hf_logits(model, steps: int, drop_after: int):
-    """Decode the same tokens through both paths from one prefill; row 1 leaves after ``drop_after`` steps."""
-    ids, mask = left_pad(PROMPTS, 0)
+def lean_and_hf_logits(model, steps: int, drops: dict[int, list[int]], prompts=PROMPTS):
+    """Decode the same tokens through both paths from one prefill; before step s only the rows
+    ``drops[s]`` (of those left) stay."""
+    ids, mask = left_pad(prompts, 0)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     hf_cache, lean_src = GrowingCache(), GrowingCache()
     model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=hf_cache, use_cache=True)
     model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=lean_src, use_cache=True)
     lean_cache, decoder = LeanCache.from_prefill(lean_src, mask, room=steps), LeanDecoder(model)
-    nxt, tok = pos[:, -1] + 1, torch.tensor([20, 21, 22])
+    nxt, tok = pos[:, -1] + 1, torch.arange(20, 20 + len(prompts))
     pairs = []
     for step in range(steps):
-        if step == drop_after:
-            keep = torch.tensor([0, 2])
+        if step in drops:
+            keep = torch.tensor(drops[step])
             hf_cache.batch_select_indices(keep)
             lean_cache.batch_select_indices(keep)
             mask, nxt, tok = mask[keep], nxt[keep], tok[keep]
@@ -91,8 +92,29 @@ def test_lean_step_logits_equal_the_hf_forward(build, dtype):
     model.set_attn_implementation("fp32_sdpa")  # fp32 models: transformers' own SDPA
     assert unsupported(model) is None
     exact = dtype == torch.bfloat16  # bf16: the same roundings, bit for bit; fp32: sums may associate differently
-    for lean, hf in lean_and_hf_logits(model, steps=6, drop_after=3):
+    for lean, hf in lean_and_hf_logits(model, steps=6, drops={3: [0, 2]}):
         torch.testing.assert_close(lean, hf, atol=0 if exact else 1e-6, rtol=0 if exact else 1e-5)
+
+
+def test_finished_rows_leave_the_cache_in_place_without_changing_any_other_row():
+    """Rows leave from the front, the middle, the end and several at once; the rows that stay move up
+    inside the buffers (filled positions only) and decode exactly as the Hugging Face cache's."""
+    model = llama().to(torch.bfloat16)
+    model.set_attn_implementation("fp32_sdpa")
+    prompts = [[5, 6, 7], [8], [9, 10, 11, 12], [13, 14], [15, 16, 17], [18, 19, 20, 21, 22], [23]]
+    drops = {1: [0, 1, 2, 4, 5, 6], 3: [1, 2, 3, 4, 5], 4: [0, 2, 4], 6: [1, 2], 7: [0]}
+    for lean, hf in lean_and_hf_logits(model, steps=9, drops=drops, prompts=prompts):
+        torch.testing.assert_close(lean, hf, atol=0, rtol=0)
+
+
+def test_the_lean_cache_refuses_rows_out_of_order():
+    ids, mask = left_pad(PROMPTS, 0)
+    cache = GrowingCache()
+    model = llama()
+    model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+    lean = LeanCache.from_prefill(cache, mask, room=2)
+    with pytest.raises(ValueError, match="must increase"):
+        lean.batch_select_indices(torch.tensor([2, 0]))
 
 
 @pytest.mark.parametrize("build", [llama, qwen2], ids=["llama", "qwen2"])
@@ -100,8 +122,8 @@ def test_bf16_lean_step_is_as_close_to_fp32_as_bf16_sdpa(build):
     """The fp32 attention changes bf16 logits by roundings only: no further from the fp32 model's than
     bf16 SDPA's are."""
     model = build()
-    fp32 = [hf for _, hf in lean_and_hf_logits(model, steps=6, drop_after=3)]
-    for (lean, hf), ref in zip(lean_and_hf_logits(model.to(torch.bfloat16), steps=6, drop_after=3), fp32):
+    fp32 = [hf for _, hf in lean_and_hf_logits(model, steps=6, drops={3: [0, 2]})]
+    for (lean, hf), ref in zip(lean_and_hf_logits(model.to(torch.bfloat16), steps=6, drops={3: [0, 2]}), fp32):
         assert (lean.float() - ref).abs().max() <= 1.5 * (hf.float() - ref).abs().max() + 1e-3
 
 
