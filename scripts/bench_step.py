@@ -190,7 +190,8 @@ def run_rlreason(args, pipelined: bool) -> dict:
         f"learner.attn_implementation={args.attn}", "algorithm.track_kl=false",
         "algorithm.kl_coef=0", f"trainer.total_steps={args.steps}", "trainer.sft.steps=0", "trainer.eval_every=0",
         "trainer.save_final=false", "trainer.progress=false", "trainer.loggers=[jsonl]",
-        f"reward.functions=[{{name: '{reward}'}}]", f"rollout.threads={args.threads}",
+        f"reward.functions=[{{name: '{reward}'}}]", f"rollout.workers={args.rollout_workers}",
+        f"rollout.threads={max(args.threads // args.rollout_workers, 1)}",
         f"learner.threads={args.threads}", "reward.processes=1",
         f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}",
     ]
@@ -241,6 +242,7 @@ def launch(variant: str, model: str, data: str, args) -> dict:
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--data", data,
            "--steps", str(args.steps), "--threads", str(threads), "--precision", precision,
+           "--rollout-workers", setting_for(args.rollout_workers, framework, "1"),
            "--attn", setting_for(args.attn, framework, "sdpa"), "--launched", repr(time.time())]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
@@ -278,6 +280,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", default="1", help="torch threads per process: N, or per framework, e.g. "
                    "trl=2,rlreason=2,rlreason-pipelined=1")
+    p.add_argument("--rollout-workers", default="1", help="rlreason's rollout actors, for all or per framework "
+                   "(e.g. rlreason=2); each gets --threads / workers torch threads")
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)  # a worker's: from its variant
     p.add_argument("--attn", default="sdpa", help="the training forward's attention (sdpa or eager), for all or per "
                    "framework (TRL: the model's; rlreason: learner.attn_implementation, rollouts keep sdpa)")
@@ -290,7 +294,7 @@ def main() -> None:
     p.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        args.threads = int(args.threads)
+        args.threads, args.rollout_workers = int(args.threads), int(args.rollout_workers)
         return worker(args)
     if args.smoke:
         args.sizes, args.steps, args.reps = "tiny", 2, 1
