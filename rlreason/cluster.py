@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from typing import Any, Optional
 
 from rlreason.config.schema import ClusterConfig, RunConfig
@@ -207,7 +208,8 @@ def build_placement(cfg: RunConfig) -> Placement:
 
     bundle = {"CPU": c.slot_cpus, **({"GPU": 1} if c.gpus_per_node else {})}
     bundles = [dict(bundle) for _ in range(slots_needed(cfg))]
-    group = placement_group(bundles, strategy=c.placement_strategy, name="rlreason-slots")
+    # a name of its own: Ray refuses a second group of the same name in one namespace (one driver's)
+    group = placement_group(bundles, strategy=c.placement_strategy, name=f"rlreason-slots-{uuid.uuid4().hex[:8]}")
     try:
         ray.get(group.ready(), timeout=c.init_timeout_s)
     except ray.exceptions.GetTimeoutError:

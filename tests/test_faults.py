@@ -68,6 +68,23 @@ def test_an_infeasible_placement_fails_within_its_timeout_naming_the_missing_res
     assert "GPU: needs 2" in str(info.value) and "cluster has 0" in str(info.value)
 
 
+@pytest.mark.slow
+def test_one_driver_can_hold_two_placements(ray_local):
+    """Each placement group has a name of its own (a fixed name collided within the driver's namespace)."""
+    import ray
+
+    from rlreason.cluster import build_placement
+
+    cfg = load_config(["recipe=quickstart", "cluster.placement=colocate", "cluster.slot_cpus=0.1"])
+    first, second = build_placement(cfg), build_placement(cfg)
+    try:
+        names = {ray.util.placement_group_table(p.group)["name"] for p in (first, second)}
+        assert len(names) == 2 and all(n.startswith("rlreason-slots-") for n in names)
+    finally:
+        first.remove()
+        second.remove()
+
+
 def _nan_batch(model_dir, nan: bool):
     from transformers import AutoTokenizer
 
