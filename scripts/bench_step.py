@@ -18,9 +18,11 @@ are interleaved (each repetition runs every framework once, in a rotated order),
 load hits all of them alike; the summary gives each rlreason mode's speed relative to TRL per
 repetition (TRL s/step / rlreason s/step), as median, min and max. Threads: ``--threads`` torch
 threads per process, for all or per framework; rlreason's rollout worker and learner are separate
-processes and get that many each. The README's table gives each framework its best setting for 2
-cores: TRL and synchronous rlreason 2 (one phase runs at a time), pipelined rlreason 1 per actor
-(generation and training run at the same time, one core each).
+processes and get that many each; ``--rollout-workers`` splits rlreason's rollouts between that many
+workers, of threads / workers threads each. The README's table gives each framework its best setting
+for 2 cores: TRL and synchronous rlreason 2 threads (one phase runs at a time), synchronous rlreason
+with 2 rollout workers of one thread, pipelined rlreason 1 thread per actor (generation and training
+run at the same time, one core each).
 
 Precision: each run in ``--frameworks`` is ``FRAMEWORK[:fp32|bf16]``. bf16 is TRL's mixed precision
 (``bf16=True``: autocast over fp32 weights) and rlreason's ``model.dtype=bfloat16`` (bf16 weights in
@@ -197,8 +199,10 @@ def run_rlreason(args, pipelined: bool) -> dict:
     ]
     overrides.append(f"trainer.mode={mode}")
     run_dir = tempfile.mkdtemp(prefix="bench-rlreason-")
-    Timed(load_config(overrides), run_dir).fit()
+    trainer = Timed(load_config(overrides), run_dir)
+    trainer.fit()
     out = summarise(marks["begin"], marks["ends"], args.launched)
+    out["rollout_actors"] = len(trainer.rollout.actors)
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))][1:]
     phases = sorted({k for r in rows for k in r if k.startswith("time/") and k != "time/step"})
     out["phases"] = {k[5:]: statistics.median(r.get(k, 0.0) for r in rows) for k in phases}
@@ -311,6 +315,7 @@ def main() -> None:
                 framework, precision = split_variant(variant)
                 result = {"size": size, "rep": rep, "variant": variant, "framework": framework,
                           "threads": threads_for(args.threads, framework), "precision": precision,
+                          "rollout_workers": int(setting_for(args.rollout_workers, framework, "1")),
                           "attn": setting_for(args.attn, framework, "sdpa"), **launch(variant, model, data, args)}
                 print(json.dumps(result), flush=True)
                 runs.append(result)
