@@ -9,7 +9,8 @@ Workload (the same for every framework): a randomly initialised Llama saved with
 and the quickstart's character tokenizer (``rlreason.tasks.arithmetic``), 4 ``a+b=`` prompts x 8
 samples per step, at most 64 new tokens, temperature 1, lr 1e-5, no KL and no reference model, one
 optimizer step per rollout batch, reward 1 for the exact sum (``bench_step_reward.py``). Sizes:
-``small`` 2.65M parameters (4 layers x 256), ``large`` 21M (8 x 512).
+``small`` 2.65M parameters (4 layers x 256), ``large`` 21M (8 x 512); ``xl`` 85M (12 x 768) shows
+that the driver's memory does not grow with the model.
 
 Protocol: every run is a fresh process started the way a user starts it, ``--steps`` steps. s/step
 is the median of steps 2..N (step k's time runs from the end of step k-1 to its end, so nothing
@@ -51,7 +52,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {"small": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=512),
          "large": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1024),
-         "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)}
+         "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+         "xl": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048)}  # driver memory check
 FRAMEWORKS = ("trl", "rlreason", "rlreason-pipelined")
 PROMPTS, GROUP, MAX_NEW, LR = 4, 8, 64, 1e-5
 
