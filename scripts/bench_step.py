@@ -229,7 +229,8 @@ def setting_for(spec: str, framework: str, default: str = "") -> str:
     return dict(x.split("=") for x in spec.split(",")).get(framework, default)
 
 
-def threads_for(spec: str, framework: str) -> int:
+def count_for(spec: str, framework: str) -> int:
+    """A count setting (threads, rollout workers) for ``framework``: 1 where ``spec`` does not name it."""
     return int(setting_for(spec, framework, "1"))
 
 
@@ -243,12 +244,12 @@ def split_variant(variant: str) -> tuple[str, str]:
 
 def launch(variant: str, model: str, data: str, args) -> dict:
     framework, precision = split_variant(variant)
-    threads = threads_for(args.threads, framework)
+    threads = count_for(args.threads, framework)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--data", data,
            "--steps", str(args.steps), "--threads", str(threads), "--precision", precision,
-           "--rollout-workers", setting_for(args.rollout_workers, framework, "1"),
+           "--rollout-workers", str(count_for(args.rollout_workers, framework)),
            "--attn", setting_for(args.attn, framework, "sdpa"), "--launched", repr(time.time())]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
@@ -316,8 +317,8 @@ def main() -> None:
             for variant in order:
                 framework, precision = split_variant(variant)
                 result = {"size": size, "rep": rep, "variant": variant, "framework": framework,
-                          "threads": threads_for(args.threads, framework), "precision": precision,
-                          "rollout_workers": int(setting_for(args.rollout_workers, framework, "1")),
+                          "threads": count_for(args.threads, framework), "precision": precision,
+                          "rollout_workers": count_for(args.rollout_workers, framework),
                           "attn": setting_for(args.attn, framework, "sdpa"), **launch(variant, model, data, args)}
                 print(json.dumps(result), flush=True)
                 runs.append(result)
