@@ -19,13 +19,13 @@ python3 -m venv "$scratch/venv"
 # shellcheck disable=SC1091
 . "$scratch/venv/bin/activate"
 echo "torch==$torch_version" > "$scratch/torch.txt"
-pip install -q -c "$scratch/torch.txt" -e ".[dev]"
+pip install -q -c "$scratch/torch.txt" -e ".[dev,bench]"  # bench: TRL, for scripts/bench_step.py
 
 if [ $# -eq 0 ]; then set -- -m "not gpu"; fi
 RLREASON_LOCK_CHECK=0 python -m pytest "$@"
 
 {
-  echo "# The tested CPU dependency set: every package that \`pip install -c $lock -e \".[dev]\"\` installs,"
+  echo "# The tested CPU dependency set: every package that \`pip install -c $lock -e \".[dev,bench]\"\` installs,"
   echo "# at the version the test suite passed with ($(python -V), $(uname -sm), $(date -u +%Y-%m-%d))."
   echo "# Written by scripts/refresh_lock.sh; do not edit by hand. torch's pin has no local label (+cpu), so"
   echo "# the CPU wheel and a plain one both match it."
