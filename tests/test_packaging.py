@@ -164,3 +164,23 @@ def test_the_lock_pins_every_dependency_at_the_installed_version():
              if v is not None and Version(v).public != Version(locked[n]).public}
     assert not drift, f"installed (left) differs from constraints-cpu.txt (right): {drift}; install with " \
                       "`pip install -c constraints-cpu.txt -e \".[dev]\"` or refresh the lock"
+
+
+def test_the_build_is_bounded_and_uses_nothing_deprecated(tmp_path):
+    """pip builds rlreason in an isolated env the lock does not reach: pyproject bounds the backend
+    above, the locked setuptools lies inside that bound, and building with it warns of nothing that a
+    later release will remove (a deprecated pyproject field turns into a failed install)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    requires = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]]
+    for req in requires:
+        assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), f"{req} has no upper bound"
+        assert req.specifier.contains(_locked()[req.name]), f"the locked {req.name} is outside {req}"
+    code = ("import sys, setuptools.build_meta as backend\n"
+            "print(backend.prepare_metadata_for_build_wheel(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metadata = (tmp_path / out.stdout.strip().splitlines()[-1] / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata
