@@ -24,7 +24,8 @@ commands:
 
 
 CONFIG_HELP = """Every key=value is a Hydra override of one config key. Defaults live in one place,
-rlreason/config/schema.py (one dataclass per section, a docstring under every field); a recipe
+rlreason/config/schema.py (one dataclass per section, a docstring under every field; rollout.spec's
+in spec_schema.py beside it); a recipe
 (recipes/NAME.yaml, or a file of yours, which may start `defaults: [quickstart, _self_]`) overrides
 some of them. `rlreason list` names the recipes, algorithms and rewards.
 

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rlreason.config.schema import DrafterTrainConfig
+from rlreason.config.spec_schema import DrafterTrainConfig
 from rlreason.rollout.native import NativeEngine
 from rlreason.rollout.spec.build import build_drafter
 from rlreason.rollout.spec.train import DrafterTrainer

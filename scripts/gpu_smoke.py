@@ -174,7 +174,7 @@ def _tokens_per_s(engine, prompts, plan: Plan, temperature: float = 1.0) -> tupl
 
 
 def _train_drafter(model, tok, prompts, plan: Plan):
-    from rlreason.config.schema import DrafterTrainConfig
+    from rlreason.config.spec_schema import DrafterTrainConfig
     from rlreason.rollout.spec.build import build_drafter
     from rlreason.rollout.spec.train import DrafterTrainer
     from rlreason.types import SequenceBatch

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from rlreason.config.schema import DrafterTrainConfig, SpecConfig
+from rlreason.config.spec_schema import DrafterTrainConfig, SpecConfig
 from rlreason.rollout.native import NativeEngine
 from rlreason.rollout.spec.build import build_drafter, prompt_vocab_map
 from rlreason.rollout.spec.engine import FixedK, SpeculativeEngine

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from rlreason.config import load_config
-from rlreason.config.schema import SpecConfig
+from rlreason.config.spec_schema import SpecConfig
 from rlreason.rollout import vllm_convert as vc
 from rlreason.rollout import vllm_engine as ve
 from rlreason.rollout.spec.build import build_drafter, new_drafter
