@@ -148,6 +148,9 @@ def run_trl(args) -> dict:
         num_generations=GROUP, max_completion_length=MAX_NEW, temperature=1.0, learning_rate=LR, beta=0.0,
         num_iterations=1, steps_per_generation=1, gradient_accumulation_steps=1, max_steps=args.steps,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=args.precision == "bf16", seed=0,
+        # GRPOConfig checkpoints activations by default, a memory saving that recomputes the forward in
+        # the backward; rlreason does not, and at these sizes memory is no concern: TRL's faster setting
+        gradient_checkpointing=False,
         disable_tqdm=True, model_init_kwargs={"attn_implementation": args.attn},
         dataloader_num_workers=0)
     trainer = GRPOTrainer(model=args.model, reward_funcs=trl_exact_sum, args=config,
@@ -167,6 +170,7 @@ def run_trl(args) -> dict:
     out = summarise(marks["begin"], marks["ends"], args.launched)
     out["phases"] = {"generate+score": statistics.median(marks["generate"][1:] or marks["generate"])}
     out["tokens_per_step"] = statistics.median(marks["tokens"][1:] or marks["tokens"]) if marks["tokens"] else None
+    out["gradient_checkpointing"] = bool(trainer.args.gradient_checkpointing)
     return out
 
 
