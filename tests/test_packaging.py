@@ -11,9 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def declared():
+def pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def declared():
+    cfg = pyproject()["tool"]["setuptools"]
     return cfg["packages"], cfg["package-dir"]
 
 
@@ -170,10 +174,9 @@ def test_the_build_is_bounded_and_uses_nothing_deprecated(tmp_path):
     """pip builds rlreason in an isolated env the lock does not reach: pyproject bounds the backend
     above, the locked setuptools lies inside that bound, and building with it warns of nothing that a
     later release will remove (a deprecated pyproject field turns into a failed install)."""
-    tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
 
-    requires = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]]
+    requires = [Requirement(r) for r in pyproject()["build-system"]["requires"]]
     for req in requires:
         assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), f"{req} has no upper bound"
         assert req.specifier.contains(_locked()[req.name]), f"the locked {req.name} is outside {req}"
