@@ -49,13 +49,8 @@ def http_reward(*, url: str, request_timeout_s: float = 10.0, retries: int = 3, 
             with _OPENER.open(req, timeout=request_timeout_s) as answer:
                 return _scores(json.loads(answer.read()), n, url)
         except urllib.error.HTTPError as e:
-            if 300 <= e.code < 400:
-                raise RuntimeError(f"{url} answered HTTP {e.code}, a redirect to {e.headers.get('Location')}: "
-                                   "reward requests do not follow redirects (they would carry your headers "
-                                   "there); name the final URL in the recipe") from None
-            if e.code not in _RETRY_CODES:
-                detail = e.read()[:300].decode(errors="replace")
-                raise RuntimeError(f"{url} answered HTTP {e.code} {e.reason}: {detail}") from None
+            with e:  # the error holds the answer's connection: close it, also on a retry
+                _raise_unless_retryable(e, url)
             last = e
         except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout) as e:
             last = e
@@ -63,6 +58,17 @@ def http_reward(*, url: str, request_timeout_s: float = 10.0, retries: int = 3, 
     # A TimeoutError is reported as a timeout by the reward pool, like any other reward that ran out of time.
     timed_out = isinstance(last, (TimeoutError, socket.timeout)) or "timed out" in str(last)
     raise (TimeoutError(what) if timed_out else RuntimeError(what))
+
+
+def _raise_unless_retryable(e: urllib.error.HTTPError, url: str) -> None:
+    """A redirect or a 4xx other than 429 fails the call at once; 429 and 5xx return (retried)."""
+    if 300 <= e.code < 400:
+        raise RuntimeError(f"{url} answered HTTP {e.code}, a redirect to {e.headers.get('Location')}: "
+                           "reward requests do not follow redirects (they would carry your headers "
+                           "there); name the final URL in the recipe") from None
+    if e.code not in _RETRY_CODES:
+        detail = e.read()[:300].decode(errors="replace")
+        raise RuntimeError(f"{url} answered HTTP {e.code} {e.reason}: {detail}") from None
 
 
 def _scores(payload: Any, n: int, url: str) -> list:

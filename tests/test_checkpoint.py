@@ -73,10 +73,10 @@ def test_save_and_load_restore_components_rngs_and_metrics(tmp_path):
     assert ck2.load(path) == 3
     assert counter2.n == 7 and blob2.payload == b"x" * 1000
     assert (random.random(), torch.rand(2))[0] == expected[0]
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # rows after the checkpoint are dropped
     assert rows[-1] == {"step": 3, "loss": 0.3, "kl": None}  # NaN written as RunLog writes it
-    assert open(tmp_path / "checkpoints" / "latest").read().strip() == "step_3"
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_3"
 
 
 def test_rng_states_are_restored_exactly(tmp_path):
@@ -135,7 +135,7 @@ def test_keep_prunes_old_checkpoints_of_this_timeline(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_3", "step_4"]
     # resumed from step 3, the run saves step 3 again: step 4 (the abandoned future) is not pruned
     make(tmp_path)[0].load(str(tmp_path / "checkpoints" / "step_3"))
-    assert open(tmp_path / "checkpoints" / "latest").read().strip() == "step_3"
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_3"
     ck.save(3)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_3", "step_4"]
     assert resume_path("auto", str(tmp_path)) == str(tmp_path / "checkpoints" / "step_3")
@@ -177,11 +177,12 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
     root = tmp_path / "checkpoints"
     leftovers = [n for n in os.listdir(root) if n.startswith(".tmp-step_2")]
     assert leftovers, os.listdir(root)  # the half-written save is there ...
     assert not (root / "step_2").exists()  # ... but never became a checkpoint
-    assert open(root / "latest").read().strip() == "step_1"
+    assert (root / "latest").read_text().strip() == "step_1"
     assert latest_checkpoint(str(root)) == str(root / "step_1")
     with pytest.raises(CheckpointError, match="manifest"):
         resume_path(str(root / leftovers[0]), str(tmp_path))
@@ -198,7 +199,7 @@ def test_resume_leaves_each_step_once_in_every_log(tmp_path):
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def steps(name):
-        return [json.loads(line).get("step") for line in open(tmp_path / name)]
+        return [json.loads(line).get("step") for line in (tmp_path / name).read_text().splitlines()]
 
     ck, _, _ = make(tmp_path)
     write("warmup.jsonl", [{"sft_step": 1, "loss": 2.0}, {"sft_step": 2, "loss": 1.0}])
@@ -257,4 +258,4 @@ def test_a_full_disk_is_said_and_leaves_nothing_partial(tmp_path):
             ck.save(2)
         left = os.listdir(mount / "checkpoints")
         assert sorted(left) == ["latest", "step_1"], left
-        assert open(mount / "checkpoints" / "latest").read().strip() == "step_1" and checkpoint_problem(path) is None
+        assert (mount / "checkpoints" / "latest").read_text().strip() == "step_1" and checkpoint_problem(path) is None

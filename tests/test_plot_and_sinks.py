@@ -35,7 +35,7 @@ def test_all_sinks_write_offline(tmp_path, monkeypatch, capsys):
         log.log_step(row.pop("step"), row)
     log.close()
     # jsonl
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[2]["reward/mean"] == 1.0
     # console
     assert "step 3: reward/mean=1" in capsys.readouterr().out

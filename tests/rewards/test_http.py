@@ -1,8 +1,10 @@
 """HTTP endpoint rewards against a real local HTTP server: JSON in and out, retries, timeouts."""
 
+import gc
 import json
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -83,6 +85,20 @@ def test_post_json_retry_and_errors(server):
     assert time.time() - t0 < 2.5
     with pytest.raises(RuntimeError, match="no answer after 2 attempts"):
         http_reward(url="http://127.0.0.1:9/none", response=["4"], ground_truth=["4"], retries=1, backoff_s=0.01)
+
+
+def test_error_answers_leave_no_connection_open(server):
+    """Every 503, 400 and redirect answer is closed, retried or not: a run against a flaky judge
+    must not keep a socket per failed attempt until the garbage collector finds it."""
+    Judge.flaky_left = 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert http_reward(url=f"{server}/flaky", response=["4"], ground_truth=["4"], backoff_s=0.01)[0]["score"] == 1.0
+        for path in ("/bad", "/moved/302"):
+            with pytest.raises(RuntimeError, match="HTTP"):
+                http_reward(url=f"{server}{path}", response=["4"], ground_truth=["4"], retries=0)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_endpoint_named_in_a_recipe_scores_through_the_reward_worker(server):

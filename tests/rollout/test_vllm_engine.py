@@ -263,7 +263,8 @@ def test_eagle_drafter_maps_onto_vllms_eagle_checkpoint(tmp_path, monkeypatch):
     target = LlamaConfig(hidden_size=16, vocab_size=40, num_hidden_layers=12, num_attention_heads=2,
                          num_key_value_heads=2)
     out = vc.write_drafter_checkpoint(d, target, str(tmp_path / "eagle"))
-    cfg = json.load(open(os.path.join(out, "config.json")))
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
     assert cfg["num_hidden_layers"] == 1 and cfg["hidden_size"] == 16
     names = set(load_file(os.path.join(out, "model.safetensors")))
     layer = "layers.0."  # no input norm on layer 0 (vLLM's EAGLE-1 has none either)
