@@ -20,10 +20,12 @@ load hits all of them alike; the summary gives each rlreason mode's speed relati
 repetition (TRL s/step / rlreason s/step), as median, min and max. Threads: ``--threads`` torch
 threads per process, for all or per framework; rlreason's rollout worker and learner are separate
 processes and get that many each; ``--rollout-workers`` splits rlreason's rollouts between that many
-workers, of threads / workers threads each. The README's table gives each framework its best setting
-for 2 cores: TRL and synchronous rlreason 2 threads (one phase runs at a time), synchronous rlreason
-with 2 rollout workers of one thread, pipelined rlreason 1 thread per actor (generation and training
-run at the same time, one core each).
+workers, of threads / workers threads each, and ``--learner-ranks`` its update between that many
+DeepSpeed ranks (data parallel), of threads / ranks threads each. The README's table gives each
+framework its best setting for 2 cores: TRL and synchronous rlreason 2 threads (one phase runs at a
+time), synchronous rlreason with 2 rollout workers of one thread and one learner rank of two threads
+(two ranks of one thread update more slowly), pipelined rlreason 1 thread per actor (generation and
+training run at the same time, one core each).
 
 Precision: each run in ``--frameworks`` is ``FRAMEWORK[:fp32|bf16]``. bf16 is TRL's mixed precision
 (``bf16=True``: autocast over fp32 weights) and rlreason's ``model.dtype=bfloat16`` (bf16 weights in
@@ -200,7 +202,8 @@ def run_rlreason(args, pipelined: bool) -> dict:
         "trainer.save_final=false", "trainer.progress=false", "trainer.loggers=[jsonl]",
         f"reward.functions=[{{name: '{reward}'}}]", f"rollout.workers={args.rollout_workers}",
         f"rollout.threads={max(args.threads // args.rollout_workers, 1)}",
-        f"learner.threads={args.threads}", "reward.processes=1",
+        f"learner.world_size={args.learner_ranks}", f"learner.threads={max(args.threads // args.learner_ranks, 1)}",
+        "reward.processes=1",
         f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}",
     ]
     overrides.append(f"trainer.mode={mode}")
@@ -209,6 +212,7 @@ def run_rlreason(args, pipelined: bool) -> dict:
     trainer.fit()
     out = summarise(marks["begin"], marks["ends"], args.launched)
     out["rollout_actors"] = len(trainer.rollout.actors)
+    out["learner_actors"] = len(trainer.learners.actors)
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))][1:]
     phases = sorted({k for r in rows for k in r if k.startswith("time/") and k != "time/step"})
     out["phases"] = {k[5:]: statistics.median(r.get(k, 0.0) for r in rows) for k in phases}
@@ -254,6 +258,7 @@ def launch(variant: str, model: str, data: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--data", data,
            "--steps", str(args.steps), "--threads", str(threads), "--precision", precision,
            "--rollout-workers", str(count_for(args.rollout_workers, framework)),
+           "--learner-ranks", str(count_for(args.learner_ranks, framework)),
            "--attn", setting_for(args.attn, framework, "sdpa"), "--launched", repr(time.time())]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
@@ -293,6 +298,8 @@ def main() -> None:
                    "trl=2,rlreason=2,rlreason-pipelined=1")
     p.add_argument("--rollout-workers", default="1", help="rlreason's rollout actors, for all or per framework "
                    "(e.g. rlreason=2); each gets --threads / workers torch threads")
+    p.add_argument("--learner-ranks", default="1", help="rlreason's learner ranks (data parallel), for all or per "
+                   "framework (e.g. rlreason=2); each gets --threads / ranks torch threads")
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)  # a worker's: from its variant
     p.add_argument("--attn", default="sdpa", help="the training forward's attention (sdpa or eager), for all or per "
                    "framework (TRL: the model's; rlreason: learner.attn_implementation, rollouts keep sdpa)")
@@ -306,6 +313,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         args.threads, args.rollout_workers = int(args.threads), int(args.rollout_workers)
+        args.learner_ranks = int(args.learner_ranks)
         return worker(args)
     if args.smoke:
         args.sizes, args.steps, args.reps = "tiny", 2, 1
@@ -323,6 +331,7 @@ def main() -> None:
                 result = {"size": size, "rep": rep, "variant": variant, "framework": framework,
                           "threads": count_for(args.threads, framework), "precision": precision,
                           "rollout_workers": count_for(args.rollout_workers, framework),
+                          "learner_ranks": count_for(args.learner_ranks, framework),
                           "attn": setting_for(args.attn, framework, "sdpa"), **launch(variant, model, data, args)}
                 print(json.dumps(result), flush=True)
                 runs.append(result)

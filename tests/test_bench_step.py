@@ -22,11 +22,14 @@ def smoke(tmp_path, *args: str) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_bench_step_smoke_runs_both_modes_with_the_rollout_workers_asked_for(tmp_path):
+def test_bench_step_smoke_runs_both_modes_with_the_actors_asked_for(tmp_path):
     runs, _ = smoke(tmp_path, "--frameworks", "rlreason,rlreason-pipelined", "--threads",
-                    "rlreason=2,rlreason-pipelined=1", "--rollout-workers", "rlreason=2")
+                    "rlreason=2,rlreason-pipelined=1", "--rollout-workers", "rlreason=2",
+                    "--learner-ranks", "rlreason=2")
     assert sorted(runs) == ["rlreason", "rlreason-pipelined"]
     assert [runs[v]["rollout_actors"] for v in ("rlreason", "rlreason-pipelined")] == [2, 1]
+    assert [runs[v]["learner_actors"] for v in ("rlreason", "rlreason-pipelined")] == [2, 1]
+    assert [runs[v]["learner_ranks"] for v in ("rlreason", "rlreason-pipelined")] == [2, 1]
     for r in runs.values():
         assert "error" not in r and r["s_per_step"] > 0 and len(r["steps_s"]) == 2
         assert r["phases"]["generate"] > 0 and r["phases"]["update"] > 0 and r["tokens_per_step"] > 0
